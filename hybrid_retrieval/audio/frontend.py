@@ -1,0 +1,128 @@
+"""Log-mel front end, numerically equal to the one EfficientAT's AudioSet models were trained on.
+
+32 kHz input, pre-emphasis, a 1024-point STFT with an 800-sample Hann window and hop 320,
+Kaldi-style triangular mel banks (128 bins, 0 to 15 kHz), ``log(x + 1e-5)`` and the fast
+normalisation ``(x + 4.5) / 5``. In training, the mel band edges jitter and SpecAugment-style
+frequency/time masks are applied; in eval mode the transform is deterministic.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class FrontendConfig:
+    sample_rate: int = 32_000
+    n_mels: int = 128
+    win_length: int = 800
+    hop_length: int = 320
+    n_fft: int = 1024
+    fmin: float = 0.0
+    fmax: float | None = None  # None: sample_rate / 2 - fmax_aug_range / 2, as EfficientAT
+    preemphasis: float = 0.97
+    freq_mask: int = 48  # max width of the training frequency mask, in mel bins (0 disables)
+    time_mask: int = 192  # max width of the training time mask, in frames (0 disables)
+    fmin_aug_range: int = 10  # training jitter of the lowest band edge, in Hz
+    fmax_aug_range: int = 2000  # training jitter of the highest band edge, in Hz
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _hz_to_kaldi_mel(freq: Tensor) -> Tensor:
+    return 1127.0 * torch.log1p(freq / 700.0)
+
+
+def kaldi_mel_banks(n_mels: int, n_fft: int, sample_rate: int, fmin: float, fmax: float) -> Tensor:
+    """Triangular filters equally spaced on Kaldi's mel scale, shape (n_mels, n_fft // 2 + 1).
+
+    Written here rather than imported because the only library that has Kaldi's variant
+    (torchaudio.compliance.kaldi) is not otherwise a dependency; librosa's mel filters use the
+    Slaney scale and area normalisation and give different numbers. As in Kaldi, the Nyquist
+    bin gets no weight.
+    """
+    n_bins = n_fft // 2
+    bin_hz = torch.arange(n_bins, dtype=torch.float64) * (sample_rate / n_fft)
+    mel = _hz_to_kaldi_mel(bin_hz)[None, :]
+    lo, hi = _hz_to_kaldi_mel(torch.tensor([float(fmin), float(fmax)], dtype=torch.float64))
+    step = (hi - lo) / (n_mels + 1)
+    left = lo + step * torch.arange(n_mels, dtype=torch.float64)[:, None]
+    centre, right = left + step, left + 2 * step
+    rising = (mel - left) / (centre - left)
+    falling = (right - mel) / (right - centre)
+    banks = torch.clamp(torch.minimum(rising, falling), min=0.0)
+    return nn.functional.pad(banks, (0, 1)).float()
+
+
+def spec_augment_mask(spec: Tensor, max_width: int, dim: int, generator: torch.Generator | None = None) -> Tensor:
+    """Zero one random band of up to `max_width` bins along `dim` (1: mel, 2: time), per example.
+
+    torchaudio's FrequencyMasking/TimeMasking do this, but torchaudio is not a dependency and the
+    operation is three lines of tensor arithmetic.
+    """
+    size = spec.shape[dim]
+    batch = spec.shape[0]
+    width = torch.rand(batch, generator=generator, device=spec.device) * min(max_width, size)
+    start = torch.rand(batch, generator=generator, device=spec.device) * (size - width)
+    idx = torch.arange(size, device=spec.device)[None, :]
+    masked = (idx >= start.long()[:, None]) & (idx < (start + width).long()[:, None])
+    shape = [batch, 1, 1]
+    shape[dim] = size
+    return spec.masked_fill(masked.view(shape), 0.0)
+
+
+class LogMelFrontend(nn.Module):
+    """Waveform (batch, samples) at 32 kHz -> normalised log-mel (batch, n_mels, frames)."""
+
+    def __init__(self, config: FrontendConfig | None = None) -> None:
+        super().__init__()
+        self.config = config = config or FrontendConfig()
+        self.fmax = config.fmax if config.fmax is not None else config.sample_rate / 2 - config.fmax_aug_range / 2
+        self.register_buffer("window", torch.hann_window(config.win_length, periodic=False), persistent=False)
+        self.register_buffer(
+            "mel_banks",
+            kaldi_mel_banks(config.n_mels, config.n_fft, config.sample_rate, config.fmin, self.fmax),
+            persistent=False,
+        )
+
+    def num_frames(self, num_samples: int) -> int:
+        """Frames produced for a clip of `num_samples` samples (pre-emphasis drops one sample)."""
+        return (num_samples - 1) // self.config.hop_length + 1
+
+    def _banks(self) -> Tensor:
+        cfg = self.config
+        if not self.training or (cfg.fmin_aug_range <= 1 and cfg.fmax_aug_range <= 1):
+            return self.mel_banks
+        fmin = cfg.fmin + torch.randint(cfg.fmin_aug_range, ()).item()
+        fmax = self.fmax + cfg.fmax_aug_range // 2 - torch.randint(cfg.fmax_aug_range, ()).item()
+        return kaldi_mel_banks(cfg.n_mels, cfg.n_fft, cfg.sample_rate, fmin, fmax).to(self.mel_banks.device)
+
+    def forward(self, waveform: Tensor) -> Tensor:
+        if waveform.dim() == 1:
+            waveform = waveform[None]
+        cfg = self.config
+        waveform = waveform.float()
+        emphasised = waveform[:, 1:] - cfg.preemphasis * waveform[:, :-1]
+        stft = torch.stft(
+            emphasised,
+            cfg.n_fft,
+            hop_length=cfg.hop_length,
+            win_length=cfg.win_length,
+            window=self.window,
+            center=True,
+            pad_mode="reflect",
+            return_complex=True,
+        )
+        power = stft.real.square() + stft.imag.square()
+        with torch.autocast(device_type=waveform.device.type, enabled=False):
+            mel = torch.matmul(self._banks(), power)
+        logmel = torch.log(mel + 1e-5)
+        if self.training:
+            if cfg.freq_mask > 0:
+                logmel = spec_augment_mask(logmel, cfg.freq_mask, dim=1)
+            if cfg.time_mask > 0:
+                logmel = spec_augment_mask(logmel, cfg.time_mask, dim=2)
+        return (logmel + 4.5) / 5.0
