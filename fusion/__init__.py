@@ -1,0 +1,9 @@
+"""Item encoders: how a catalogue item's audio and metadata become one embedding.
+
+Select one with `fusion=<name>`; `FUSIONS` lists them. Importing this package registers them.
+"""
+from fusion import none  # noqa: F401  (registers "none")
+from fusion.base import ItemEncoder
+from fusion.registry import FUSIONS, create_fusion, register_fusion
+
+__all__ = ["FUSIONS", "ItemEncoder", "create_fusion", "register_fusion"]

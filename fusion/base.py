@@ -1,0 +1,24 @@
+"""The item-encoder interface every fusion mode implements."""
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from hybrid_retrieval.outputs import TowerOutput
+
+
+class ItemEncoder(nn.Module):
+    """Maps one catalogue item (its audio, optionally its metadata text) to an embedding.
+
+    forward(audio, metadata, present) -> (batch, embed_dim), not normalised.
+      audio: the audio tower's output; metadata: the metadata text tower's output or None;
+      present: (batch,) bool, False for items that have no metadata (they fall back to audio).
+    An item's embedding depends on that item alone, never on a query, so a catalogue can be
+    embedded once and searched with a plain nearest-neighbour index.
+    """
+
+    uses_audio: bool = True
+    uses_metadata: bool = False
+
+    def forward(self, audio: TowerOutput | None, metadata: TowerOutput | None = None,
+                present: Tensor | None = None) -> Tensor:
+        raise NotImplementedError

@@ -1,0 +1,25 @@
+"""Name -> item-encoder class, so one config flag (`fusion=none|late|mid|...`) selects the fusion."""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+FUSIONS: dict[str, type[nn.Module]] = {}
+
+
+def register_fusion(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
+    def add(cls: type[nn.Module]) -> type[nn.Module]:
+        if name in FUSIONS:
+            raise ValueError(f"fusion {name!r} is registered twice")
+        FUSIONS[name] = cls
+        return cls
+
+    return add
+
+
+def create_fusion(name: str, audio_dim: int, text_dim: int, embed_dim: int, **options) -> nn.Module:
+    """Instantiate the item encoder registered as `name`; `options` are its keyword arguments."""
+    if name not in FUSIONS:
+        raise ValueError(f"unknown fusion {name!r}; available: {sorted(FUSIONS)}")
+    return FUSIONS[name](audio_dim=audio_dim, text_dim=text_dim, embed_dim=embed_dim, **options)

@@ -1,0 +1,89 @@
+"""Registry of released EfficientAT AudioSet weights, and how a weights file is found.
+
+Resolution order: an explicit path, then the directory in $HYBRID_RETRIEVAL_WEIGHTS_DIR, then
+the user cache (`<cache>/weights`), then a download into that cache (verified against the
+recorded sha256 where the project knows it). Loading uses `torch.load(weights_only=True)`, so a
+checkpoint can never run code when unpickled.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from hybrid_retrieval import hub
+
+RELEASE_URL = "https://github.com/fschmid56/EfficientAT/releases/download/v0.0.1/"
+
+
+@dataclass(frozen=True)
+class PretrainedWeights:
+    filename: str
+    sha256: str | None = None  # None: not recorded by this project yet, the file is not verified
+
+    @property
+    def url(self) -> str:
+        return RELEASE_URL + self.filename
+
+
+PRETRAINED: dict[str, PretrainedWeights] = {
+    "mn04_as": PretrainedWeights("mn04_as_mAP_432.pt", "899a8c6217063f6941793102a2780b3dd788ab11fce468d9cf5f0577c453321c"),
+    "mn05_as": PretrainedWeights("mn05_as_mAP_443.pt"),
+    "mn10_as": PretrainedWeights("mn10_as_mAP_471.pt"),
+    "mn20_as": PretrainedWeights("mn20_as_mAP_478.pt"),
+    "mn30_as": PretrainedWeights("mn30_as_mAP_482.pt"),
+    "mn40_as": PretrainedWeights("mn40_as_mAP_484.pt"),
+    "mn40_as_ext": PretrainedWeights("mn40_as_ext_mAP_487.pt"),
+}
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """The weights file is nowhere to be found and cannot be downloaded."""
+
+
+def weights_cache_dir() -> Path:
+    return hub.cache_dir() / "weights"
+
+
+def resolve_weights(name: str, path: str | Path | None = None, download: bool = True) -> Path:
+    """The local file holding the weights of `name`, downloading them into the cache if needed."""
+    if path is not None:
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise WeightsNotFoundError(f"weights file not found: {path}")
+        return path
+    if name not in PRETRAINED:
+        raise ValueError(f"no released weights for {name!r}; known: {sorted(PRETRAINED)}")
+    spec = PRETRAINED[name]
+    candidates = []
+    if os.environ.get("HYBRID_RETRIEVAL_WEIGHTS_DIR"):
+        candidates.append(Path(os.environ["HYBRID_RETRIEVAL_WEIGHTS_DIR"]).expanduser() / spec.filename)
+    cached = weights_cache_dir() / spec.filename
+    candidates.append(cached)
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    reason = "downloading is disabled"
+    if download:
+        try:
+            return hub.download(spec.url, cached, spec.sha256)
+        except Exception as exc:  # offline, DNS failure, HTTP error, hash mismatch
+            reason = f"download failed: {exc}"
+    raise WeightsNotFoundError(
+        f"weights {spec.filename} for {name} not found ({reason}). Download {spec.url} and put it in "
+        f"{weights_cache_dir()} or in a directory named by HYBRID_RETRIEVAL_WEIGHTS_DIR, or pass its path "
+        f"explicitly (--weights PATH)."
+    )
+
+
+def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a released `.pt` state dict without unpickling arbitrary objects."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"cannot read weights file {path}: {exc}") from exc
+    if not isinstance(state, dict):
+        raise ValueError(f"weights file {path} does not hold a state dict")
+    return state

@@ -1,0 +1,138 @@
+"""The audio tower: waveform -> log-mel front end -> backbone -> TowerOutput.
+
+`create_audio_tower("efficientat:mn10_as" | "timm:resnet50" | "timm:ast", ...)` builds one.
+Clips of different lengths are embedded by `embed_waveforms`, which runs equal-length clips
+together (zero-padding a CNN's input would change the clip's own embedding), and long clips
+can be cut into windows whose embeddings are averaged.
+"""
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from importlib import resources
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from hybrid_retrieval.audio.efficientat import EFFICIENTAT_CONFIGS, efficientat
+from hybrid_retrieval.audio.frontend import FrontendConfig, LogMelFrontend
+from hybrid_retrieval.audio.pretrained import load_state_dict, resolve_weights
+from hybrid_retrieval.audio.timm_towers import TimmBackbone
+from hybrid_retrieval.fingerprint import module_state_hash
+from hybrid_retrieval.outputs import TowerOutput
+
+
+@functools.cache
+def audioset_labels() -> tuple[str, ...]:
+    """The 527 AudioSet display names in the order of the EfficientAT logits."""
+    text = resources.files("hybrid_retrieval.resources").joinpath("audioset_labels.tsv").read_text("utf-8")
+    rows = [line.split("\t") for line in text.splitlines() if line and not line.startswith("#")]
+    return tuple(name for _mid, name in rows[1:])
+
+
+class AudioTower(nn.Module):
+    """Front end and backbone; `spec` names the architecture (e.g. "efficientat:mn04_as")."""
+
+    def __init__(self, spec: str, backbone: nn.Module, frontend: LogMelFrontend | None = None) -> None:
+        super().__init__()
+        self.spec = spec
+        self.frontend = frontend or LogMelFrontend()
+        self.backbone = backbone
+        self.embed_dim: int = backbone.embed_dim
+
+    @property
+    def sample_rate(self) -> int:
+        return self.frontend.config.sample_rate
+
+    def forward(self, waveform: Tensor) -> TowerOutput:
+        """waveform: (batch, samples) of equal length, 32 kHz."""
+        return self.backbone(self.frontend(waveform))
+
+    def fingerprint(self) -> dict:
+        """What identifies this tower's outputs: architecture, front-end settings and weights."""
+        return {"audio_encoder": self.spec, "frontend": self.frontend.config.to_dict(),
+                "audio_state": module_state_hash(self)}
+
+    @torch.inference_mode()
+    def embed_waveforms(self, waveforms: Sequence[np.ndarray | Tensor], batch_size: int = 32,
+                        window_seconds: float | None = None) -> list[TowerOutput]:
+        """Embed clips of any lengths in eval mode; one single-example TowerOutput per clip.
+
+        Clips are grouped by exact length and run `batch_size` at a time, so a clip's embedding
+        does not depend on what else is in the batch. With `window_seconds`, a longer clip is cut
+        into windows (the last one aligned to the clip's end): tokens are concatenated, the
+        embedding and logits averaged.
+        """
+        was_training = self.training
+        self.eval()
+        device = next(self.parameters()).device
+        window = int(window_seconds * self.sample_rate) if window_seconds else None
+        pieces: list[tuple[int, Tensor]] = []  # (clip index, waveform piece)
+        for i, wave in enumerate(waveforms):
+            wave = torch.as_tensor(wave, dtype=torch.float32).flatten()
+            if wave.numel() < 2:
+                raise ValueError(f"clip {i} is too short to embed ({wave.numel()} samples)")
+            for piece in _windows(wave, window):
+                pieces.append((i, piece))
+        by_length: dict[int, list[int]] = {}
+        for p, (_, piece) in enumerate(pieces):
+            by_length.setdefault(piece.numel(), []).append(p)
+        piece_out: dict[int, TowerOutput] = {}
+        for idx in by_length.values():
+            for start in range(0, len(idx), batch_size):
+                chunk = idx[start:start + batch_size]
+                batch = torch.stack([pieces[p][1] for p in chunk]).to(device)
+                for p, out in zip(chunk, self(batch).to("cpu").unbatch()):
+                    piece_out[p] = out
+        per_clip: list[list[TowerOutput]] = [[] for _ in waveforms]
+        for p, (i, _) in enumerate(pieces):
+            per_clip[i].append(piece_out[p])
+        self.train(was_training)
+        return [_merge_windows(outs) for outs in per_clip]
+
+
+def _windows(wave: Tensor, window: int | None) -> list[Tensor]:
+    if window is None or wave.numel() <= window:
+        return [wave]
+    starts = list(range(0, wave.numel() - window + 1, window))
+    if starts[-1] + window < wave.numel():
+        starts.append(wave.numel() - window)
+    return [wave[s:s + window] for s in starts]
+
+
+def _merge_windows(outs: list[TowerOutput]) -> TowerOutput:
+    if len(outs) == 1:
+        return outs[0]
+    logits = None if outs[0].logits is None else torch.cat([o.logits for o in outs]).mean(0, keepdim=True)
+    return TowerOutput(
+        torch.cat([o.tokens for o in outs], dim=1),
+        torch.cat([o.mask for o in outs], dim=1),
+        torch.cat([o.embedding for o in outs]).mean(0, keepdim=True),
+        logits,
+    )
+
+
+def create_audio_tower(spec: str = "efficientat:mn04_as", pretrained: bool = True,
+                       weights: str | None = None, frontend: FrontendConfig | None = None) -> AudioTower:
+    """Build an audio tower from a spec `family:name`.
+
+    efficientat:<mn04_as|...|mn40_as_ext>: the EfficientAT MobileNetV3; with `pretrained`, the
+        released AudioSet weights are resolved (explicit `weights` path, $HYBRID_RETRIEVAL_WEIGHTS_DIR,
+        cache, download) and loaded strictly. A bare `mn10_as` means `efficientat:mn10_as`.
+    timm:<resnet50|ast|any timm model>: a timm backbone, pretrained where online.
+    """
+    family, _, name = spec.partition(":")
+    if not name:
+        family, name = "efficientat", family
+    fe = LogMelFrontend(frontend)
+    if family == "efficientat":
+        if name not in EFFICIENTAT_CONFIGS:
+            raise ValueError(f"unknown EfficientAT model {name!r} in audio_encoder={spec!r}; known: {sorted(EFFICIENTAT_CONFIGS)}")
+        backbone = efficientat(name)
+        if pretrained or weights:
+            backbone.load_state_dict(load_state_dict(resolve_weights(name, weights)), strict=True)
+        return AudioTower(f"efficientat:{name}", backbone, fe)
+    if family == "timm":
+        return AudioTower(f"timm:{name}", TimmBackbone(name, pretrained=pretrained), fe)
+    raise ValueError(f"unknown audio encoder family {family!r} in {spec!r}; use efficientat:<name> or timm:<name>")

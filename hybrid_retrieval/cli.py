@@ -1,0 +1,63 @@
+"""`hybrid-retrieval` command line: one sub-command per user task."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+import torch
+
+from hybrid_retrieval.audio.io import AudioLoadError, load_audio
+from hybrid_retrieval.audio.pretrained import WeightsNotFoundError
+from hybrid_retrieval.audio.tower import audioset_labels, create_audio_tower
+
+
+def _tag(args: argparse.Namespace) -> int:
+    tower = create_audio_tower(f"efficientat:{args.model}", pretrained=True, weights=args.weights)
+    labels = audioset_labels()
+    failed = 0
+    for path in args.files:
+        try:
+            wave = load_audio(path)
+        except AudioLoadError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        logits = tower.embed_waveforms([wave])[0].logits[0]
+        probs = torch.sigmoid(logits)
+        top = [(labels[i], round(float(probs[i]), 6)) for i in torch.argsort(probs, descending=True)[: args.top]]
+        if args.json:
+            print(json.dumps({"file": str(path), "top": top, "logits": [round(float(x), 6) for x in logits]}))
+        else:
+            print(path)
+            for label, prob in top:
+                print(f"  {prob:7.3f}  {label}")
+    return 1 if failed else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hybrid-retrieval", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    tag = sub.add_parser("tag", help="AudioSet labels of audio files with an EfficientAT model")
+    tag.add_argument("files", nargs="+", help="audio files (wav, flac, ogg, mp3)")
+    tag.add_argument("--model", default="mn04_as", help="EfficientAT model name (default: mn04_as)")
+    tag.add_argument("--weights", default=None, help="explicit path of the model's .pt weights")
+    tag.add_argument("--top", type=int, default=10, help="number of labels to show (default: 10)")
+    tag.add_argument("--json", action="store_true", help="one JSON object per file and line")
+    tag.set_defaults(func=_tag)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (WeightsNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""Clotho v2.1, and datasets written in its CSV layout (SynthMusic), from a local folder.
+
+Published layout (Zenodo record 4783391): ``clotho_captions_{split}.csv`` with
+``file_name,caption_1..caption_5`` and ``clotho_metadata_{split}.csv`` with
+``file_name,keywords,sound_id,sound_link,start_end_samples,manufacturer,license`` (ISO-8859-1,
+``;``-separated keywords). The audio archives unpack into ``{split}/``.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+from .items import CatalogueItem
+
+logger = logging.getLogger("hybrid_retrieval")
+
+CLOTHO_SPLITS = ("development", "validation", "evaluation")
+
+# Where aac-datasets 0.7 puts Clotho v2.1 under its root (datasets/functional/clotho.py:
+# _get_clotho_root, _get_csv_dpath, _get_audio_subset_dpath with _CLOTHO_AUDIO_DNAMES).
+AAC_CLOTHO_DIR = "CLOTHO_v2.1"
+
+_CAPTION_COLUMN = re.compile(r"caption_\d+")
+
+
+def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """Header and rows of a CSV, decoded as UTF-8, or as ISO-8859-1 when it is not valid UTF-8.
+
+    Clotho's metadata CSVs are ISO-8859-1, its caption CSVs and our generated files UTF-8. Latin-1
+    text with non-ASCII characters is practically never valid UTF-8, so trying UTF-8 first reads
+    both correctly. Short rows are padded with ""; a row with more fields than the header raises.
+    """
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = raw.decode("iso-8859-1")
+    reader = csv.DictReader(io.StringIO(text, newline=""), restval="")
+    rows = []
+    for row in reader:
+        if None in row:
+            raise ValueError(f"{path}, line {reader.line_num}: more fields than the header has ({reader.fieldnames})")
+        rows.append(row)
+    return list(reader.fieldnames or []), rows
+
+
+def drop_missing_audio(items: list[CatalogueItem], label: str, where: str) -> list[CatalogueItem]:
+    """The items whose audio file exists; one warning with the count when some are dropped.
+
+    Dropping at load time is what keeps a training or evaluation run from failing mid-epoch on a
+    clip that was never downloaded (removed YouTube videos, partial extractions).
+    """
+    kept = [item for item in items if item.audio_path.is_file()]
+    if len(kept) < len(items):
+        logger.warning(
+            "%s: skipped %d of %d clips whose audio is missing under %s",
+            label, len(items) - len(kept), len(items), where,
+        )
+    return kept
+
+
+def split_tags(text: str) -> list[str]:
+    """`a; b;;c` -> ["a", "b", "c"]: `;`-separated tags, stripped, empty entries dropped."""
+    return [tag.strip() for tag in text.split(";") if tag.strip()]
+
+
+def first_file(folders: Iterable[Path], name: str) -> Path | None:
+    """`folder / name` for the first folder that has that file."""
+    return next((folder / name for folder in folders if (folder / name).is_file()), None)
+
+
+def _read_metadata(path: Path) -> dict[str, dict[str, list[str] | str]]:
+    """file_name -> metadata kinds: keywords -> "os"; SynthMusic's closed_tags -> "cs", description -> "fs"."""
+    header, rows = read_csv(path)
+    if "file_name" not in header:
+        raise ValueError(f"{path}: no 'file_name' column (header: {header})")
+    metadata: dict[str, dict[str, list[str] | str]] = {}
+    for row in rows:
+        kinds: dict[str, list[str] | str] = {}
+        if keywords := split_tags(row.get("keywords", "")):
+            kinds["os"] = keywords
+        if closed := split_tags(row.get("closed_tags", "")):
+            kinds["cs"] = closed
+        if description := row.get("description", "").strip():
+            kinds["fs"] = description
+        metadata[row["file_name"]] = kinds
+    return metadata
+
+
+def load_clotho(
+    root: str | Path, split: str, *, require_audio: bool = True, name: str = "clotho"
+) -> list[CatalogueItem]:
+    """The items of one split of a Clotho-layout dataset under `root`, in captions-CSV order.
+
+    The CSVs are looked for in `root`, `root/clotho_csv_files` and aac-datasets'
+    `root/CLOTHO_v2.1/clotho_csv_files`; the audio folder is the first existing one of
+    `root/clotho_audio_{split}`, `root/{split}`, `root/clotho_audio_files/{split}` and
+    `root/CLOTHO_v2.1/clotho_audio_files/{split}`. The captions CSV is required; without a metadata
+    CSV items have empty metadata. `require_audio` drops (and counts in one log line) the items
+    whose audio file is missing; turn it off to inspect the CSVs alone. `name` labels messages
+    (SynthMusic is read by this loader too).
+    """
+    if split not in CLOTHO_SPLITS:
+        raise ValueError(f"unknown {name} split {split!r}; expected one of {CLOTHO_SPLITS}")
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{name} root folder not found: {root}")
+
+    csv_dirs = [root, root / "clotho_csv_files", root / AAC_CLOTHO_DIR / "clotho_csv_files"]
+    captions_name = f"clotho_captions_{split}.csv"
+    captions_path = first_file(csv_dirs, captions_name)
+    if captions_path is None:
+        looked = ", ".join(str(folder / captions_name) for folder in csv_dirs)
+        raise FileNotFoundError(f"{name}/{split}: captions CSV not found; looked for {looked}")
+    metadata_path = first_file([captions_path.parent, *csv_dirs], f"clotho_metadata_{split}.csv")
+    metadata = _read_metadata(metadata_path) if metadata_path else {}
+
+    audio_dirs = [
+        root / f"clotho_audio_{split}",
+        root / split,
+        root / "clotho_audio_files" / split,
+        root / AAC_CLOTHO_DIR / "clotho_audio_files" / split,
+    ]
+    # Without any audio folder, items point where the published archives unpack.
+    audio_dir = next((folder for folder in audio_dirs if folder.is_dir()), root / split)
+
+    header, rows = read_csv(captions_path)
+    caption_columns = [column for column in header if _CAPTION_COLUMN.fullmatch(column)]
+    if "file_name" not in header or not caption_columns:
+        raise ValueError(f"{captions_path}: expected columns file_name,caption_1,... (header: {header})")
+    items: list[CatalogueItem] = []
+    seen: set[str] = set()
+    for row in rows:
+        file_name = row["file_name"]  # kept exactly: a leading space is part of some names
+        if file_name in seen:
+            raise ValueError(f"{captions_path}: file_name {file_name!r} appears twice")
+        seen.add(file_name)
+        items.append(
+            CatalogueItem(
+                item_id=file_name,
+                audio_path=audio_dir / file_name,
+                captions=[row[column] for column in caption_columns if row[column]],
+                metadata=metadata.get(file_name, {}),
+            )
+        )
+    if not require_audio:
+        return items
+    where = str(audio_dir)
+    if not audio_dir.is_dir():
+        where = f"{root} (no audio folder; looked for {', '.join(map(str, audio_dirs))})"
+    return drop_missing_audio(items, f"{name}/{split}", where)

@@ -1,0 +1,53 @@
+"""The unit every dataset loader produces: one catalogue item with its captions and metadata."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# Metadata kinds of Primus & Widmer (EUSIPCO 2024): closed-set tags, open-set keywords,
+# and a free-form sentence. A loader fills the kinds its dataset has.
+METADATA_KINDS = ("cs", "os", "fs")
+
+
+@dataclass
+class CatalogueItem:
+    """One audio clip of a dataset split.
+
+    item_id: the file name as the dataset's CSV spells it (Clotho names may start with a space).
+    audio_path: where the audio is expected; it may be missing, loaders report that separately.
+    captions: the reference captions (queries) of the clip; may be empty for a plain catalogue.
+    metadata: kind -> value, with "cs" and "os" lists of tags and "fs" one sentence.
+    """
+
+    item_id: str
+    audio_path: Path
+    captions: list[str] = field(default_factory=list)
+    metadata: dict[str, list[str] | str] = field(default_factory=dict)
+
+    def metadata_text(self, kinds: str | tuple[str, ...] | list[str]) -> str:
+        """The item's metadata of the requested kinds as one text (empty when it has none).
+
+        `kinds` is e.g. "os", "cs+os" or ("cs", "os"); tags are joined with ", " and kinds with ". ".
+        """
+        if isinstance(kinds, str):
+            kinds = tuple(k for k in kinds.split("+") if k)
+        unknown = [k for k in kinds if k not in METADATA_KINDS]
+        if unknown:
+            raise ValueError(f"unknown metadata kind(s) {unknown}; expected a '+'-joined subset of {METADATA_KINDS}")
+        parts = []
+        for kind in kinds:
+            value = self.metadata.get(kind)
+            if not value:
+                continue
+            parts.append(", ".join(value) if isinstance(value, list) else value)
+        return ". ".join(parts)
+
+
+def caption_pairs(items: list[CatalogueItem]) -> tuple[list[int], list[str]]:
+    """(item index of each pair, caption of each pair) over all captions of all items."""
+    owners, captions = [], []
+    for i, item in enumerate(items):
+        for caption in item.captions:
+            owners.append(i)
+            captions.append(caption)
+    return owners, captions

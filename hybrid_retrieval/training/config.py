@@ -1,0 +1,67 @@
+"""Training settings, and how a flat experiment config splits into model and training parts.
+
+An experiment config (configs/*.yaml, sacred `with key=value`) is one flat mapping: keys that
+are fields of `ModelConfig` (hybrid_retrieval/model.py: audio_encoder, fusion, metadata,
+embed_dim, ...) describe the model, keys that are fields of `TrainConfig` below describe the
+run. `model` names the base model config the model keys override.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from hybrid_retrieval.model import ModelConfig, get_model_config
+
+
+@dataclass
+class TrainConfig:
+    # data
+    dataset: str = "synthmusic"  # clotho | audiocaps | synthmusic
+    data_root: str = "data/synthmusic"
+    train_split: str = "train"
+    val_split: str = "val"
+    eval_split: str = "eval"
+    limit_items: int | None = None  # use only the first N items of each split (smoke tests)
+    # model
+    model: str = "mn04_minilm"  # base model config (hybrid_retrieval/model_configs/)
+    audio_pretrained: bool = True  # load the released audio weights (random init if unavailable)
+    audio_weights: str | None = None  # explicit weights file of the audio tower
+    freeze_audio: bool = True  # frozen tower: its outputs are computed once and cached
+    freeze_text: bool = True
+    cache_dir: str | None = ".cache/features"  # feature cache of frozen towers (None: no cache)
+    # optimisation: AdamW, linear warm-up then cosine decay to min_lr, per-part learning rates
+    epochs: int = 10
+    batch_size: int = 64
+    lr_audio: float = 2e-5
+    lr_text: float = 2e-5
+    lr_head: float = 1e-3  # projections, fusion and temperature
+    min_lr: float = 1e-7
+    warmup_epochs: float = 1.0
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    loss: str = "ntxent"  # ntxent | cmc
+    clip_seconds: float = 10.0  # training crop of live (non-frozen) audio
+    # run
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    num_workers: int = 0
+    eval_every: int = 1  # validate every N epochs (0: only at the end)
+    resume: str | None = None  # run or checkpoint directory to continue from
+    progress: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def split_config(flat: dict) -> tuple[ModelConfig, TrainConfig]:
+    """Split a flat experiment config into (ModelConfig, TrainConfig); unknown keys are an error."""
+    train_keys = {f.name for f in fields(TrainConfig)}
+    model_keys = {f.name for f in fields(ModelConfig)}
+    unknown = sorted(k for k in flat if k not in train_keys | model_keys and not k.startswith("_"))
+    if unknown:
+        raise ValueError(f"unknown config key(s) {unknown}; model keys: {sorted(model_keys)}; "
+                         f"training keys: {sorted(train_keys)}")
+    train = TrainConfig(**{k: v for k, v in flat.items() if k in train_keys})
+    base = get_model_config(train.model).to_dict()
+    model = ModelConfig.from_dict({**base, **{k: v for k, v in flat.items() if k in model_keys}})
+    return model, train

@@ -1,0 +1,66 @@
+"""Train a retrieval model as a sacred experiment.
+
+    python scripts/train.py with synthmusic epochs=5
+    python scripts/train.py with clotho fusion=late metadata=os data_root=/data/clotho
+    python scripts/train.py with synthmusic --resume runs/3          # continue run 3
+    torchrun --nproc_per_node 2 scripts/train.py with clotho          # DistributedDataParallel
+
+Every key of TrainConfig (hybrid_retrieval/training/config.py) and ModelConfig
+(hybrid_retrieval/model.py) can be set with `with key=value`; model keys left at null come from
+the base model config named by `model`. Named configs are the YAML files in configs/. Runs are
+recorded by a FileStorageObserver under runs/ (override with HYBRID_RETRIEVAL_RUNS).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+from sacred import Experiment
+from sacred.observers import FileStorageObserver
+
+from hybrid_retrieval.distributed import is_main_process
+from hybrid_retrieval.model import ModelConfig
+from hybrid_retrieval.training.config import TrainConfig, split_config
+from hybrid_retrieval.training.loop import train
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+ex = Experiment("hybrid_retrieval", save_git_info=False)
+ex.add_config({**TrainConfig().to_dict(), **{f.name: None for f in fields(ModelConfig)}})
+for path in sorted(CONFIGS.glob("*.yaml")):
+    ex.add_named_config(path.stem, str(path))
+
+
+@ex.main
+def main(_config: dict, _run) -> dict:
+    flat = json.loads(json.dumps(_config))  # sacred's read-only containers -> plain data
+    flat = {k: v for k, v in flat.items() if v is not None or k not in {f.name for f in fields(ModelConfig)}}
+    model_config, train_config = split_config(flat)
+    observer_dirs = [o.dir for o in _run.observers if getattr(o, "dir", None)]
+    run_dir = Path(observer_dirs[0]) if observer_dirs else Path(os.environ.get("HYBRID_RETRIEVAL_RUNS", "runs")) / "unobserved"
+    return train(model_config, train_config, run_dir)
+
+
+def _translate_resume(argv: list[str]) -> list[str]:
+    """`--resume PATH` -> the config update `resume=PATH` (sacred has no such option)."""
+    if "--resume" not in argv:
+        return argv
+    i = argv.index("--resume")
+    if i + 1 >= len(argv):
+        sys.exit("--resume needs a run or checkpoint directory")
+    path = argv[i + 1]
+    rest = argv[:i] + argv[i + 2:]
+    if "with" not in rest:
+        rest.append("with")
+    return rest + [f"resume={path}"]
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if is_main_process() and int(os.environ.get("RANK", "0")) == 0:
+        ex.observers.append(FileStorageObserver(os.environ.get("HYBRID_RETRIEVAL_RUNS", "runs")))
+    ex.run_commandline(_translate_resume(sys.argv))
