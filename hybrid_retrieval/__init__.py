@@ -1,1 +1,32 @@
-"""hybrid_retrieval: language-based audio retrieval with audio, text and metadata towers."""
+"""hybrid_retrieval: language-based audio retrieval with audio, text and metadata towers.
+
+    from hybrid_retrieval import create_model, load_audio, retrieval_metrics
+
+The names below are imported on first use, so `import hybrid_retrieval` stays cheap (the
+command line's `tag` does not load transformers).
+"""
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "load_audio": "hybrid_retrieval.audio.io",
+    "create_audio_tower": "hybrid_retrieval.audio.tower",
+    "audioset_labels": "hybrid_retrieval.audio.tower",
+    "TextTower": "hybrid_retrieval.text.tower",
+    "create_model": "hybrid_retrieval.model",
+    "list_models": "hybrid_retrieval.model",
+    "ModelConfig": "hybrid_retrieval.model",
+    "ContrastiveLoss": "hybrid_retrieval.losses",
+    "retrieval_metrics": "hybrid_retrieval.metrics",
+    "load_split": "hybrid_retrieval.data.registry",
+    "load_checkpoint": "hybrid_retrieval.training.checkpoint",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'hybrid_retrieval' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

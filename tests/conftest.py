@@ -18,3 +18,80 @@ def shared() -> Path:
     if not SHARED.is_dir():
         pytest.skip("../shared is not present beside the repository")
     return SHARED
+
+
+@pytest.fixture(scope="session")
+def weights_dir(shared: Path) -> Path:
+    """The folder holding the released mn04_as checkpoint."""
+    return shared / "models"
+
+
+@pytest.fixture()
+def offline_weights(monkeypatch: pytest.MonkeyPatch, weights_dir: Path, tmp_path: Path) -> Path:
+    """Weights resolvable through HYBRID_RETRIEVAL_WEIGHTS_DIR, and an empty private cache."""
+    monkeypatch.setenv("HYBRID_RETRIEVAL_WEIGHTS_DIR", str(weights_dir))
+    monkeypatch.setenv("HYBRID_RETRIEVAL_CACHE", str(tmp_path / "cache"))
+    return weights_dir
+
+
+TONES = (("a low hum drones", 110.0), ("a high whistle sounds", 2000.0), ("white noise hisses", None),
+         ("a beep at mid pitch", 600.0))
+
+
+def write_tone_dataset(root: Path, sizes: dict[str, int], seconds: float = 2.0) -> Path:
+    """A small Clotho-layout dataset of tones and noise with exactly known captions and keywords.
+
+    Clip i of a split is kind i % 4 of TONES (pitch shifted slightly by i), with length
+    seconds + 0.25 * (i % 3) so batches mix lengths.
+    """
+    import csv
+
+    import numpy as np
+    import soundfile as sf
+
+    rng = np.random.default_rng(0)
+    sr = 32_000
+    for split, n in sizes.items():
+        audio_dir = root / f"clotho_audio_{split}"
+        audio_dir.mkdir(parents=True, exist_ok=True)
+        captions, metadata = [], []
+        for i in range(n):
+            phrase, freq = TONES[i % len(TONES)]
+            t = np.arange(int(sr * (seconds + 0.25 * (i % 3)))) / sr
+            wave = np.sin(2 * np.pi * freq * (1 + 0.05 * i) * t) if freq else rng.standard_normal(len(t)) * 0.5
+            name = f"{split} clip {i:02d}.wav"
+            sf.write(audio_dir / name, (0.3 * wave).astype(np.float32), sr)
+            captions.append([name] + [f"{phrase} in clip {i} take {k}" for k in range(5)])
+            metadata.append([name, f"{phrase.split()[1]};tone;clip{i}", i, "", "", "tests", "cc0"])
+        with open(root / f"clotho_captions_{split}.csv", "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["file_name"] + [f"caption_{k}" for k in range(1, 6)])
+            writer.writerows(captions)
+        with open(root / f"clotho_metadata_{split}.csv", "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["file_name", "keywords", "sound_id", "sound_link", "start_end_samples",
+                             "manufacturer", "license"])
+            writer.writerows(metadata)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tone_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tone_dataset(tmp_path_factory.mktemp("tones"),
+                              {"development": 16, "validation": 8, "evaluation": 8})
+
+
+@pytest.fixture(scope="session")
+def text_tower():
+    """The bundled MiniLM text tower, loaded once (read-only use)."""
+    from hybrid_retrieval.text.tower import TextTower
+
+    return TextTower().eval()
+
+
+@pytest.fixture(scope="session")
+def mn04(shared: Path):
+    """The mn04_as audio tower with the released weights, loaded once (read-only use)."""
+    from hybrid_retrieval.audio.tower import create_audio_tower
+
+    return create_audio_tower("efficientat:mn04_as", weights=str(shared / "models" / "mn04_as_mAP_432.pt")).eval()

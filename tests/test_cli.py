@@ -1,0 +1,37 @@
+"""`hybrid-retrieval tag`."""
+import json
+from pathlib import Path
+
+import numpy as np
+
+from hybrid_retrieval.cli import main
+
+
+def test_tag_json(shared: Path, capsys, weights_dir: Path) -> None:
+    ref = json.loads((shared / "reference" / "efficientat_mn04_as.json").read_text())["clips"]
+    files = [str(shared / "audio" / name) for name in ("music.wav", "metro_station-paris.wav")]
+    assert main(["tag", *files, "--weights", str(weights_dir / "mn04_as_mAP_432.pt"), "--json", "--top", "5"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [d["file"] for d in lines] == files
+    for d in lines:
+        name = Path(d["file"]).name
+        assert set(d) == {"file", "top", "logits"} and len(d["logits"]) == 527 and len(d["top"]) == 5
+        assert [label for label, _ in d["top"]] == [label for label, _ in ref[name]["top10"][:5]]
+    assert np.abs(np.array(lines[0]["logits"]) - np.array(ref["music.wav"]["logits"])).max() < 1e-3
+    assert lines[0]["top"][0][1] == ref["music.wav"]["top10"][0][1]
+
+
+def test_tag_table_and_bad_file(shared: Path, tmp_path: Path, capsys, offline_weights: Path) -> None:
+    bad = tmp_path / "broken.wav"
+    bad.write_bytes(b"RIFF nonsense")
+    assert main(["tag", str(shared / "audio" / "music.wav"), str(bad)]) == 1
+    captured = capsys.readouterr()
+    assert "Music" in captured.out and "Guitar" in captured.out
+    assert "broken.wav" in captured.err and captured.err.count("error:") == 1
+
+
+def test_tag_without_weights_offline(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.delenv("HYBRID_RETRIEVAL_WEIGHTS_DIR", raising=False)
+    monkeypatch.setenv("HYBRID_RETRIEVAL_CACHE", str(tmp_path))
+    assert main(["tag", "x.wav", "--model", "mn10_as"]) == 2
+    assert "mn10_as_mAP_471.pt" in capsys.readouterr().err
