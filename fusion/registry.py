@@ -18,8 +18,19 @@ def register_fusion(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
     return add
 
 
-def create_fusion(name: str, audio_dim: int, text_dim: int, embed_dim: int, **options) -> nn.Module:
-    """Instantiate the item encoder registered as `name`; `options` are its keyword arguments."""
+def create_fusion(name: str, audio_dim: int, text_dim: int, embed_dim: int,
+                  metadata_projection: nn.Module | None = None, **options) -> nn.Module:
+    """Instantiate the item encoder registered as `name`; `options` are its keyword arguments.
+
+    metadata_projection: the projection metadata embeddings go through, for fusions that use
+    metadata; None gives them their own (a separate metadata encoder).
+    """
     if name not in FUSIONS:
         raise ValueError(f"unknown fusion {name!r}; available: {sorted(FUSIONS)}")
-    return FUSIONS[name](audio_dim=audio_dim, text_dim=text_dim, embed_dim=embed_dim, **options)
+    cls = FUSIONS[name]
+    if cls.uses_metadata:
+        options["metadata_projection"] = metadata_projection
+    try:
+        return cls(audio_dim=audio_dim, text_dim=text_dim, embed_dim=embed_dim, **options)
+    except TypeError as exc:
+        raise ValueError(f"bad options for fusion={name!r}: {exc}") from exc

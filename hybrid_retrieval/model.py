@@ -72,18 +72,19 @@ class RetrievalModel(nn.Module):
         self.config = config
         self.audio_tower = audio_tower
         self.text_tower = text_tower
+        self.text_proj = Projection(text_tower.embed_dim, config.embed_dim, config.projection)
+        # The metadata encoder (text tower + projection) is the query's own unless the config asks
+        # for a separate copy: then the metadata gets a copy of the tower and its own projection.
+        shared = not config.separate_metadata_encoder
         self.item_encoder = fusion.create_fusion(
             config.fusion, audio_dim=audio_tower.embed_dim, text_dim=text_tower.embed_dim,
-            embed_dim=config.embed_dim, **{"projection": config.projection, **config.fusion_options},
+            embed_dim=config.embed_dim, metadata_projection=self.text_proj if shared else None,
+            **{"projection": config.projection, **config.fusion_options},
         )
         self.uses_metadata = bool(self.item_encoder.uses_metadata)
         if self.uses_metadata and not config.metadata:
             raise ValueError(f"fusion={config.fusion!r} needs metadata: set metadata= (e.g. 'os', 'cs+os')")
-        # The metadata encoder is the query text tower itself unless the config asks for a copy.
-        self.metadata_tower = None
-        if self.uses_metadata and config.separate_metadata_encoder:
-            self.metadata_tower = copy.deepcopy(text_tower)
-        self.text_proj = Projection(text_tower.embed_dim, config.embed_dim, config.projection)
+        self.metadata_tower = copy.deepcopy(text_tower) if self.uses_metadata and not shared else None
         log_scale = torch.tensor(math.log(1.0 / config.temperature))
         if config.learn_temperature:
             self.log_logit_scale = nn.Parameter(log_scale)

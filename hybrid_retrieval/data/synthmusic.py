@@ -43,9 +43,15 @@ Output (Clotho v2 layout, read by the Clotho loader)::
     factors_{split}.csv           exact labels
     synthmusic_manifest.json      parameters, version and file hashes; written last
 
-for split in development (train), validation and evaluation. A second run with the same
-parameters checks the manifest and every file and renders nothing; an interrupted run is resumed
-from clips recorded as complete (by hash) in ``.synthmusic_progress/``.
+for split in development (train), validation and evaluation. Every file is written to a temp file
+in its directory and renamed into place. A second run with the same parameters checks the
+manifest and the size of every file and renders nothing. A run that changes the directory first
+deletes the manifest; an interrupted run is resumed from the clips recorded as complete (spec and
+SHA-256) in ``.synthmusic_progress/done.jsonl`` or in the previous manifest, each re-hashed before it
+is reused; anything else is rendered again. The marker file ``.synthmusic`` tells a SynthMusic
+directory from a foreign Clotho copy, which is never overwritten. Files are byte-identical for the
+same parameters on the same platform and library versions (the manifest records the SoundFont hash
+and the tinysoundfont and pretty_midi versions; a change of any of them re-renders).
 """
 from __future__ import annotations
 
@@ -75,6 +81,7 @@ log = logging.getLogger(__name__)
 VERSION = 1
 MANIFEST_NAME = "synthmusic_manifest.json"
 PROGRESS_DIR = ".synthmusic_progress"
+MARKER_NAME = ".synthmusic"  # written first: this directory is SynthMusic's to rewrite
 
 SPLITS = ("development", "validation", "evaluation")
 _SPLIT_CODE = {"development": 0, "validation": 1, "evaluation": 2}
@@ -122,7 +129,8 @@ GENRE_ENSEMBLES = {
 }
 EXTRA_LAYER_PROB = 0.45
 
-MOOD_MODES = {"happy": ("major",), "calm": ("major", "lydian"), "sad": ("minor", "dorian"), "tense": ("harmonic minor",)}
+MOOD_MODES = {"happy": ("major",), "calm": ("major", "lydian"), "sad": ("minor", "dorian"),
+              "tense": ("harmonic minor",)}
 MODES = {
     "major": (0, 2, 4, 5, 7, 9, 11), "lydian": (0, 2, 4, 6, 7, 9, 11), "minor": (0, 2, 3, 5, 7, 8, 10),
     "dorian": (0, 2, 3, 5, 7, 9, 10), "harmonic minor": (0, 2, 3, 5, 7, 8, 11),
@@ -139,7 +147,7 @@ METADATA_COLUMNS = ["file_name", "keywords", "sound_id", "sound_link", "start_en
                     "license", "closed_tags", "description"]
 FACTOR_COLUMNS = ["file_name", "genre", "mood", "lead_instrument", "accompaniment", "tempo_bpm", "tempo_bin",
                   "key", "mode", "time_signature", "events", "closed_tags", "description"]
-LICENSE_TEXT = "synthetic; rendered with TimGM6mb.sf2 (pretty_midi package), see its license"
+LICENSE_TEXT = "synthetic, rendered with TimGM6mb.sf2 from the pretty_midi package (see its license)"
 
 text.check_lexicon(GENRES, MOODS, INSTRUMENTS, TEMPO_BINS, ACCOMPANIMENT)
 CS_VOCABULARY = text.cs_vocabulary(GENRES, MOODS, INSTRUMENTS, TEMPO_BINS, ACCOMPANIMENT)
@@ -282,7 +290,8 @@ def _choose_accompaniment(rng: np.random.Generator, genre: str, lead: str) -> tu
     basses, chords, extras = GENRE_ENSEMBLES[genre]
     lead_program = INSTRUMENT_PROGRAMS[lead]
     bass = basses[int(rng.integers(len(basses)))]
-    chord_options = [c for c in chords if ACCOMPANIMENT_PROGRAMS[c] != lead_program] or ["piano" if lead != "piano" else "strings"]
+    chord_options = [c for c in chords if ACCOMPANIMENT_PROGRAMS[c] != lead_program]
+    chord_options = chord_options or ["piano" if lead != "piano" else "strings"]
     chord = chord_options[int(rng.integers(len(chord_options)))]
     out = [bass, chord]
     extra_options = [e for e in extras if e in ACCOMPANIMENT_PROGRAMS and e != chord
@@ -377,7 +386,8 @@ _DRUMS = {
          SHAKER: "xoxoxoxoxoxoxoxoxoxoxoxoxoxoxoxo"},
     ],
     "techno": [
-        {KICK: "X...X...X...X...", CLAP: "....x.......x...", OPEN_HAT: "..x...x...x...x.", CLOSED_HAT: "o.oo.oo.o.oo.oo."},
+        {KICK: "X...X...X...X...", CLAP: "....x.......x...", OPEN_HAT: "..x...x...x...x.",
+         CLOSED_HAT: "o.oo.oo.o.oo.oo."},
         {KICK: "X...X...X...X...", SNARE: "....x.......x...", OPEN_HAT: "..x...x...x...x."},
     ],
     "ballad": [
@@ -390,7 +400,8 @@ _DRUMS = {
     ],
     "reggae": [
         {KICK: "........X.......", SIDE_STICK: "........x.......", CLOSED_HAT: "x.x.x.x.x.x.x.x."},
-        {KICK: "........X.......", SNARE: "........x.......", CLOSED_HAT: "x.o.x.o.x.o.x.o.", OPEN_HAT: "..............x."},
+        {KICK: "........X.......", SNARE: "........x.......", CLOSED_HAT: "x.o.x.o.x.o.x.o.",
+         OPEN_HAT: "..............x."},
     ],
 }
 _HIT_VELOCITY = {"X": 118, "x": 96, "o": 55}
@@ -590,17 +601,18 @@ def _compose_chords(score: _Score, inst, name: str, limit: float) -> None:
         voicing = _voicing(score, score.chords[bar], low)
         hits: list[tuple[float, float, list[int]]]
         if g == "rock":
-            root = voicing[0] if name != "distortion guitar" else _clamp_octave(score.tonic_pc + score.chords[bar][0], 40, 51)
-            chord = [root, root + 7, root + 12] if name == "distortion guitar" else voicing
-            hits = [(b / 2, 0.45, chord) for b in range(bpb * 2)] if name == "distortion guitar" else \
-                [(0, 1.5, chord), (1.5, 0.5, chord), (2, 1.5, chord), (3.5, 0.5, chord)]
+            if name == "distortion guitar":  # power chords in eighths
+                root = _clamp_octave(score.tonic_pc + score.chords[bar][0], 40, 51)
+                hits = [(b / 2, 0.45, [root, root + 7, root + 12]) for b in range(bpb * 2)]
+            else:
+                hits = [(0, 1.5, voicing), (1.5, 0.5, voicing), (2, 1.5, voicing), (3.5, 0.5, voicing)]
         elif g == "swing jazz":
             shell = [voicing[1], voicing[-1]] if len(voicing) >= 4 else voicing
             hits = [(0, 0.6, shell), (1.5, 0.4, shell)] if rng.random() < 0.6 else [(1, 0.5, shell), (2.5, 0.5, shell)]
         elif g == "waltz":
             hits = [(1, 0.45, voicing), (2, 0.45, voicing)]
         elif g == "bossa nova":
-            hits = [(0, 0.4, voicing), (0.75, 0.4, voicing), (1.5, 0.4, voicing), (2.5, 0.5, voicing), (3.25, 0.5, voicing)]
+            hits = [(onset, 0.4 if onset < 2 else 0.5, voicing) for onset in (0, 0.75, 1.5, 2.5, 3.25)]
         elif g == "techno":
             hits = [(b + 0.5, 0.25, voicing) for b in range(bpb)] if name == "saw synth" else [(0, bpb * 0.98, voicing)]
         elif g == "ballad":
@@ -694,21 +706,29 @@ def compose(spec: ClipSpec):
     pm.key_signature_changes.append(pretty_midi.KeySignature(pretty_midi.key_name_to_key_number(key_name), 0.0))
     limit = spec.seconds
 
-    def instrument(program: int, name: str, volume: int, is_drum: bool = False):
+    gains = {}
+
+    def instrument(program: int, name: str, role: str, is_drum: bool = False):
         inst = pretty_midi.Instrument(program=program, is_drum=is_drum, name=name)
-        inst.control_changes.append(pretty_midi.ControlChange(7, volume, 0.0))
+        gains[name] = _MIX_TARGETS[role] / _program_loudness(program, is_drum)
         pm.instruments.append(inst)
         return inst
 
-    lead = instrument(INSTRUMENT_PROGRAMS[spec.lead_instrument], spec.lead_instrument, 112)
+    lead = instrument(INSTRUMENT_PROGRAMS[spec.lead_instrument], spec.lead_instrument, "lead")
     _compose_lead(score, lead, limit)
     bass_name, chord_name, *extra = spec.accompaniment
-    _compose_bass(score, instrument(ACCOMPANIMENT_PROGRAMS[bass_name], bass_name, 100), bass_name, limit)
-    chord_volume = 70 if chord_name in ("distortion guitar", "saw synth", "brass section") else 82
-    _compose_chords(score, instrument(ACCOMPANIMENT_PROGRAMS[chord_name], chord_name, chord_volume), chord_name, limit)
+    _compose_bass(score, instrument(ACCOMPANIMENT_PROGRAMS[bass_name], bass_name, "bass"), bass_name, limit)
+    chord_role = "pad" if chord_name == "synth pad" else "chords"  # sustained chords sound louder
+    _compose_chords(score, instrument(ACCOMPANIMENT_PROGRAMS[chord_name], chord_name, chord_role), chord_name, limit)
     for name in extra:
-        _compose_pad(score, instrument(ACCOMPANIMENT_PROGRAMS[name], name, 62), name, limit)
-    _compose_drums(score, instrument(0, "drums", 100, is_drum=True), limit)
+        _compose_pad(score, instrument(ACCOMPANIMENT_PROGRAMS[name], name, "extra"), name, limit)
+    _compose_drums(score, instrument(0, "drums", "drums", is_drum=True), limit)
+    # Mix: channel volume (CC7) balancing the SoundFont's very different preset loudness. The
+    # synthesizer's amplitude goes with the cube of CC7, hence the cube root.
+    loudest = max(gains.values())
+    for inst in pm.instruments:
+        volume = int(round(127 * (gains[inst.name] / loudest) ** (1 / 3)))
+        inst.control_changes.append(pretty_midi.ControlChange(7, max(1, min(127, volume)), 0.0))
     return pm
 
 
@@ -716,6 +736,9 @@ def compose(spec: ClipSpec):
 # Rendering
 
 _SOUNDFONT_BYTES: bytes | None = None
+# Relative RMS of each part in the mix (the lead on top, then drums, bass, chords, extra layer).
+_MIX_TARGETS = {"lead": 1.0, "drums": 0.7, "bass": 0.7, "chords": 0.45, "pad": 0.25, "extra": 0.2}
+_LOUDNESS: dict[tuple[int, bool], float] = {}
 
 
 def _soundfont_bytes() -> bytes:
@@ -723,6 +746,29 @@ def _soundfont_bytes() -> bytes:
     if _SOUNDFONT_BYTES is None:
         _SOUNDFONT_BYTES = soundfont_path().read_bytes()
     return _SOUNDFONT_BYTES
+
+
+def _program_loudness(program: int, is_drum: bool = False) -> float:
+    """RMS of a fixed test phrase (velocity 90, full channel volume) played by a preset."""
+    key = (program, is_drum)
+    if key not in _LOUDNESS:
+        import tinysoundfont
+
+        synth = tinysoundfont.Synth(samplerate=SAMPLE_RATE, gain=-8.0)
+        sfid = synth.sfload(_soundfont_bytes())
+        ch = 9 if is_drum else 0
+        synth.program_select(ch, sfid, 128 if is_drum else 0, 0 if is_drum else program, is_drum)
+        low = 36 if program in (32, 33, 34, 38, 39, 58) else 60
+        notes = (KICK, SNARE, CLOSED_HAT, SNARE) if is_drum else (low, low + 4, low + 7, low + 12)
+        parts = []
+        for note in notes:
+            synth.noteon(ch, note, 90)
+            parts.append(np.frombuffer(synth.generate_simple(SAMPLE_RATE // 3), dtype=np.float32).copy())
+            synth.noteoff(ch, note)
+        parts.append(np.frombuffer(synth.generate_simple(SAMPLE_RATE // 4), dtype=np.float32).copy())
+        audio = np.concatenate(parts)
+        _LOUDNESS[key] = max(float(np.sqrt(np.mean(audio.astype(np.float64) ** 2))), 1e-6)
+    return _LOUDNESS[key]
 
 
 def render_midi(pm, seconds: float, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
@@ -927,7 +973,8 @@ def _check_choice(name: str, values, vocabulary: Sequence[str]) -> tuple[str, ..
         raise ValueError(f"{name} must name at least one of {list(vocabulary)}")
     for v in values:
         if v not in vocabulary:
-            raise ValueError(f"unknown {name[:-1] if name.endswith('s') else name} value {v!r}; choose from {list(vocabulary)}")
+            singular = name[:-1] if name.endswith("s") else name
+            raise ValueError(f"unknown {singular} value {v!r}; choose from {list(vocabulary)}")
     if len(set(values)) != len(values):
         dup = next(v for v in values if values.count(v) > 1)
         raise ValueError(f"{name} lists {dup!r} more than once")
@@ -961,7 +1008,8 @@ def validate_parameters(seed, n_train, n_val, n_eval, seconds, workers, genres, 
     tempo_bins = _check_choice("tempo_bins", tempo_bins, TEMPO_BINS)
     for g in genres:
         if not any(_bin_range(g, b) for b in tempo_bins):
-            raise ValueError(f"genre {g!r} (tempo {GENRE_TEMPO_RANGES[g]} BPM) cannot be played in tempo bins {list(tempo_bins)}")
+            raise ValueError(f"genre {g!r} (tempo {GENRE_TEMPO_RANGES[g]} BPM) cannot be played in tempo bins "
+                             f"{list(tempo_bins)}")
     for b in tempo_bins:
         if not any(_bin_range(g, b) for g in genres):
             raise ValueError(f"tempo bin {b!r} {TEMPO_BIN_EDGES[b]} is not reachable by genres {list(genres)}")
@@ -1056,7 +1104,8 @@ def _clean_directory(out_dir: Path, keep: set[str]) -> None:
         if not audio_dir.is_dir():
             continue
         for path in audio_dir.iterdir():
-            if _OWN_TMP.match(path.name) or (_OWN_WAV.match(path.name) and f"clotho_audio_{split}/{path.name}" not in keep):
+            stale = _OWN_WAV.match(path.name) and f"clotho_audio_{split}/{path.name}" not in keep
+            if _OWN_TMP.match(path.name) or stale:
                 path.unlink(missing_ok=True)
 
 
@@ -1077,9 +1126,10 @@ def build_synthmusic(out_dir: str | Path, seed: int = 0, n_train: int = 1200, n_
     if _manifest_matches(out_dir, params):
         log.info("SynthMusic in %s is complete and matches the parameters; nothing to do", out_dir)
         return SynthMusicReport(out_dir, True, 0, 0, time.perf_counter() - t0)
-    if out_dir.is_dir() and not (out_dir / MANIFEST_NAME).exists() and not (out_dir / PROGRESS_DIR).exists() \
-            and any(out_dir.glob("clotho_captions_*.csv")):
-        raise ValueError(f"{out_dir} holds a Clotho-style dataset that SynthMusic did not write; refusing to overwrite it")
+    if out_dir.is_dir() and not (out_dir / MARKER_NAME).exists() and not (out_dir / MANIFEST_NAME).exists() \
+            and any(out_dir.glob("clotho_*")):
+        raise ValueError(f"{out_dir} holds a Clotho-style dataset that SynthMusic did not write; "
+                         "refusing to overwrite it")
 
     # Plan everything in memory first (factors and text are cheap).
     plans = {split: plan_split(params["seed"], split, n, params["seconds"], params["genres"], params["moods"],
@@ -1088,6 +1138,7 @@ def build_synthmusic(out_dir: str | Path, seed: int = 0, n_train: int = 1200, n_
     texts = {split: [clip_text(s, params["seed"], noise) for s in specs] for split, specs in plans.items()}
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / MARKER_NAME).write_text("SynthMusic output directory (hybrid_retrieval.data.synthmusic)\n")
     trusted = _trusted_entries(out_dir)
     (out_dir / MANIFEST_NAME).unlink(missing_ok=True)  # the directory is about to change
     progress_dir = out_dir / PROGRESS_DIR
@@ -1102,8 +1153,8 @@ def build_synthmusic(out_dir: str | Path, seed: int = 0, n_train: int = 1200, n_
     for rel, spec in wanted.items():
         info = trusted.get(rel)
         path = out_dir / rel
-        if info and info.get("spec") == spec.spec_hash() and path.is_file() and path.stat().st_size == info.get("bytes") \
-                and _sha256_file(path) == info.get("sha256"):
+        if info and info.get("spec") == spec.spec_hash() and path.is_file() \
+                and path.stat().st_size == info.get("bytes") and _sha256_file(path) == info.get("sha256"):
             done[rel] = {"spec": info["spec"], "sha256": info["sha256"], "bytes": info["bytes"]}
         else:
             todo.append((asdict(spec), str(path)))
@@ -1157,7 +1208,10 @@ def _render_all(out_dir: Path, todo: list[tuple[dict, str]], workers: int | None
             else:
                 size = max(1, min(8, len(todo) // (workers * 4)))
                 chunks = [todo[i:i + size] for i in range(0, len(todo), size)]
-                ctx = multiprocessing.get_context("spawn")
+                # fork where available: works from scripts without a __main__ guard and from notebooks;
+                # the workers only run numpy, scipy and tinysoundfont (no threads of the parent).
+                methods = multiprocessing.get_all_start_methods()
+                ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
                 with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
                     futures = [pool.submit(_render_chunk, c) for c in chunks]
                     try:

@@ -112,7 +112,7 @@ MOOD_WORDS = {
 
 INSTRUMENT_WORDS = {
     "piano": ["piano", "grand piano", "acoustic piano"],
-    "vibraphone": ["vibraphone", "vibes", "vibraphone"],
+    "vibraphone": ["vibraphone", "vibraphone", "mallet vibraphone"],
     "nylon guitar": ["nylon guitar", "classical guitar", "nylon-string guitar", "acoustic guitar"],
     "violin": ["violin", "fiddle", "violin"],
     "trumpet": ["trumpet", "trumpet", "brassy trumpet"],
@@ -120,7 +120,7 @@ INSTRUMENT_WORDS = {
     "flute": ["flute", "flute", "concert flute"],
     "clarinet": ["clarinet", "clarinet", "woody clarinet"],
     "organ": ["organ", "electric organ", "drawbar organ", "Hammond-style organ"],
-    "synth lead": ["synthesizer", "synth", "synth lead", "square-wave synth", "electronic lead synth"],
+    "synth lead": ["synthesizer", "synth", "square-wave synth", "electronic synth"],
 }
 
 # The whole piece, as a noun phrase head ("a ___").
@@ -199,9 +199,9 @@ EVENT_PHRASES = {  # participial phrases appended with ", "
 # with the mention probability of the factors it contains. "a" is fixed to "an" afterwards.
 CAPTION_TEMPLATES = [
     "A [{mood} ]{instr} melody plays over {backing}",
-    "A [{tempo} ]{piece} with a [{mood} ]{instr} lead[ and {accomp}]",
+    "A [{tempo} ]{piece} with a [{mood} ]{instr} lead[ over {accomp}]",
     "A {instr} plays a [{mood} ]tune[ at a {pace} tempo] over {accomp}",
-    "A [{mood} ]{piece} featuring a {instr}[ and {accomp}]",
+    "A [{mood} ]{piece} featuring a {instr}[ backed by {accomp}]",
     "Someone plays a [{mood} ]melody on the {instr} over {backing}",
     "The {instr} carries a [{mood} ]melody above {backing}",
     "A [{tempo} ][{mood} ]{piece} led by a {instr}",
@@ -209,10 +209,10 @@ CAPTION_TEMPLATES = [
     "A band plays a [{tempo} ]{piece} while a {instr} carries the [{mood} ]melody",
     "A [{mood} ]tune is played on a {instr}[, accompanied by {accomp}]",
     "Over {backing}, a {instr} plays a [{mood} ]theme",
-    "A {instr} and {accomp} perform a [{mood} ]{piece}[ at a {pace} tempo]",
+    "A {instr} plays a [{mood} ]{piece} with {accomp}[ at a {pace} tempo]",
     "An instrumental [{tempo} ]{piece} where the {instr} plays a [{mood} ]melody",
     "A [{mood} ]melody is played on the {instr}, accompanied by {accomp}",
-    "A [{tempo} ][{mood} ]{piece} plays with {accomp} and {backing}",
+    "A [{tempo} ][{mood} ]{piece} is played with {accomp} over {backing}",
     "Music with a {mood} feel plays over {backing}[ at a {pace} pace]",
     "A [{mood} ]instrumental piece with {accomp} over {backing}",
     "A [{tempo} ]{piece} plays, with a [{mood} ]{instr} melody on top",
@@ -220,7 +220,7 @@ CAPTION_TEMPLATES = [
     "A [{mood} ]{instr} melody plays at a {pace} tempo over {accomp}",
     "A [{tempo} ]{piece} in {key} with a [{mood} ]{instr} melody",
     "Instrumental music in which a [{mood} ]{instr} plays over {backing}",
-    "A [{mood} ]{instr} tune is backed by {accomp}[ and {backing}]",
+    "A [{mood} ]{instr} tune is backed by {accomp}[ over {backing}]",
     "The band plays a [{tempo} ]{piece} with {accomp}[, and the mood is {mood}]",
 ]
 _FALLBACK_TEMPLATE = "A {instr} plays a melody over {backing} in this short piece of music"
@@ -253,14 +253,16 @@ OS_MOOD = {
 OS_INSTRUMENT = {
     "piano": (["piano"], ["keys", "pianoforte", "grand-piano"], ["paino", "pianno"]),
     "vibraphone": (["vibraphone"], ["vibes", "mallets", "vibraphon"], ["vibrafone", "vibraphne"]),
-    "nylon guitar": (["guitar", "nylon-guitar"], ["classical-guitar", "acoustic-guitar", "spanish-guitar"], ["guitare", "gutiar"]),
+    "nylon guitar": (["guitar", "nylon-guitar"], ["classical-guitar", "acoustic-guitar", "spanish-guitar"],
+                     ["guitare", "gutiar"]),
     "violin": (["violin"], ["fiddle", "strings", "violine"], ["violen", "vilin"]),
     "trumpet": (["trumpet"], ["brass", "horn", "trompete"], ["trumpett", "trumbet"]),
     "alto sax": (["saxophone", "sax"], ["alto-sax", "altosax", "alto-saxophone"], ["saxaphone", "saxofone"]),
     "flute": (["flute"], ["woodwind", "flauta", "flutes"], ["flaute", "flut"]),
     "clarinet": (["clarinet"], ["woodwind", "reed", "klarinette"], ["clarinette", "clarinnet"]),
     "organ": (["organ"], ["hammond", "orgel", "keyboard"], ["orgen", "organn"]),
-    "synth lead": (["synth", "synthesizer"], ["synthesiser", "lead-synth", "chiptune", "square-wave"], ["synt", "synthesizor"]),
+    "synth lead": (["synth", "synthesizer"], ["synthesiser", "lead-synth", "chiptune", "square-wave"],
+                   ["synt", "synthesizor"]),
 }
 OS_TEMPO = {
     "slow": ["slow", "slow-tempo", "downtempo"],
@@ -391,7 +393,8 @@ def _caption_values(clip, rng: np.random.Generator) -> dict[str, str | None]:
     accomp = [a for a in clip.accompaniment]
     accomp_words = None
     if accomp:
-        chosen = [accomp[i] for i in sorted(rng.choice(len(accomp), size=min(len(accomp), int(rng.integers(1, 3))), replace=False))]
+        size = min(len(accomp), int(rng.integers(1, 3)))
+        chosen = [accomp[i] for i in sorted(rng.choice(len(accomp), size=size, replace=False))]
         words = [_pick(rng, ACCOMPANIMENT_WORDS[a]) for a in chosen]
         accomp_words = " and ".join(words)
     return {
@@ -432,7 +435,8 @@ def make_captions(clip, rng: np.random.Generator, noise: MetadataNoise, n: int =
         values = _caption_values(clip, rng)
         caption = _tidy(_FALLBACK_TEMPLATE.format(**values))
         if caption in captions:
-            caption = _tidy(caption[:-1] + " " + _pick(rng, TEMPO_ADJ[clip.tempo_bin]) + " and " + _pick(rng, MOOD_WORDS[clip.mood]))
+            extra = f" that is {_pick(rng, TEMPO_ADJ[clip.tempo_bin])} and {_pick(rng, MOOD_WORDS[clip.mood])}"
+            caption = _tidy(caption[:-1] + extra)
         captions.append(caption)
     return captions
 
