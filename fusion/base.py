@@ -18,6 +18,9 @@ class ItemEncoder(nn.Module):
 
     uses_audio: bool = True
     uses_metadata: bool = False
+    # True: the constructor takes `metadata_projection`, the query text projection when the
+    # metadata encoder is shared with the queries (None: a separate encoder, own projection)
+    uses_text_projection: bool = False
 
     def forward(self, audio: TowerOutput | None, metadata: TowerOutput | None = None,
                 present: Tensor | None = None) -> Tensor:

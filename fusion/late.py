@@ -29,6 +29,7 @@ from hybrid_retrieval.projection import Projection
 @register_fusion("late")
 class LateFusion(ItemEncoder):
     uses_metadata = True
+    uses_text_projection = True
 
     def __init__(self, audio_dim: int, text_dim: int, embed_dim: int, projection: str = "linear",
                  metadata_projection: nn.Module | None = None, weight: float = 0.5,

@@ -16,6 +16,7 @@ from hybrid_retrieval.projection import Projection
 class MetadataOnly(ItemEncoder):
     uses_audio = False
     uses_metadata = True
+    uses_text_projection = True
 
     def __init__(self, audio_dim: int, text_dim: int, embed_dim: int, projection: str = "linear",
                  metadata_projection: nn.Module | None = None) -> None:

@@ -6,6 +6,11 @@ any clip length works), and prefixed with a learnable item token. The item token
 projected, is the item embedding. Padding (short metadata, shorter clips in a batch) and the
 metadata of items that have none are excluded from attention by the key-padding mask, so they
 cannot leak into the result. The item embedding still depends on the item alone (no query).
+`audio_pool` averages groups of that many audio frames first (fewer tokens: cheaper on a CPU).
+
+Metadata tokens enter through their own input map: the query text projection works on pooled
+sentence embeddings, not word pieces, so a shared metadata encoder here means the shared text
+tower (which matters when the towers are fine-tuned).
 """
 from __future__ import annotations
 
@@ -35,17 +40,13 @@ def sinusoidal_positions(length: int, width: int, device: torch.device) -> Tenso
 class MidFusion(ItemEncoder):
     uses_metadata = True
 
-    def __init__(self, audio_dim: int, text_dim: int, embed_dim: int, projection: str = "linear",
-                 metadata_projection: nn.Module | None = None, width: int = 256, layers: int = 2,
-                 heads: int = 4, dropout: float = 0.1) -> None:
+    def __init__(self, audio_dim: int, text_dim: int, embed_dim: int, projection: str = "linear", width: int = 256, layers: int = 2,
+                 heads: int = 4, dropout: float = 0.1, audio_pool: int = 1) -> None:
         super().__init__()
         if width % heads or width % 2:
             raise ValueError(f"mid fusion width {width} must be even and divisible by heads={heads}")
         self.audio_in = nn.Linear(audio_dim, width)
-        # metadata tokens pass through the metadata encoder's projection (the query text projection
-        # when the encoder is shared), then to the transformer width
-        self.metadata_proj = metadata_projection or Projection(text_dim, embed_dim, projection)
-        self.metadata_in = nn.Linear(embed_dim, width)
+        self.metadata_in = nn.Linear(text_dim, width)
         self.item_token = nn.Parameter(torch.randn(1, 1, width) * 0.02)
         self.type_embedding = nn.Embedding(3, width)
         layer = nn.TransformerEncoderLayer(width, heads, 4 * width, dropout, activation="gelu",
@@ -54,18 +55,32 @@ class MidFusion(ItemEncoder):
         self.norm = nn.LayerNorm(width)
         self.out = Projection(width, embed_dim, projection)
         self.width = width
+        self.audio_pool = audio_pool
+
+    def _pooled_audio(self, audio: TowerOutput) -> tuple[Tensor, Tensor]:
+        """Average each run of `audio_pool` frames over its real (unpadded) frames."""
+        if self.audio_pool == 1:
+            return audio.tokens, audio.mask
+        batch, frames, dim = audio.tokens.shape
+        groups = -(-frames // self.audio_pool)
+        pad = groups * self.audio_pool - frames
+        weights = nn.functional.pad(audio.mask.to(audio.tokens.dtype), (0, pad)).view(batch, groups, self.audio_pool, 1)
+        tokens = nn.functional.pad(audio.tokens, (0, 0, 0, pad)).view(batch, groups, self.audio_pool, dim)
+        count = weights.sum(dim=2)
+        return (tokens * weights).sum(dim=2) / count.clamp(min=1.0), count[..., 0] > 0
 
     def forward(self, audio: TowerOutput | None, metadata: TowerOutput | None = None,
                 present: Tensor | None = None) -> Tensor:
-        batch, frames = audio.tokens.shape[:2]
-        device = audio.tokens.device
+        tokens, mask = self._pooled_audio(audio)
+        batch, frames = tokens.shape[:2]
+        device = tokens.device
         parts = [self.item_token.expand(batch, -1, -1) + self.type_embedding.weight[ITEM]]
         keep = [torch.ones(batch, 1, dtype=torch.bool, device=device)]
-        parts.append(self.audio_in(audio.tokens) + self.type_embedding.weight[AUDIO]
+        parts.append(self.audio_in(tokens) + self.type_embedding.weight[AUDIO]
                      + sinusoidal_positions(frames, self.width, device))
-        keep.append(audio.mask)
+        keep.append(mask)
         if metadata is not None:
-            parts.append(self.metadata_in(self.metadata_proj(metadata.tokens)) + self.type_embedding.weight[METADATA])
+            parts.append(self.metadata_in(metadata.tokens) + self.type_embedding.weight[METADATA])
             meta_keep = metadata.mask if present is None else metadata.mask & present[:, None]
             keep.append(meta_keep)
         x = torch.cat(parts, dim=1)

@@ -22,13 +22,13 @@ def create_fusion(name: str, audio_dim: int, text_dim: int, embed_dim: int,
                   metadata_projection: nn.Module | None = None, **options) -> nn.Module:
     """Instantiate the item encoder registered as `name`; `options` are its keyword arguments.
 
-    metadata_projection: the projection metadata embeddings go through, for fusions that use
-    metadata; None gives them their own (a separate metadata encoder).
+    metadata_projection: the projection metadata embeddings go through, for fusions that project
+    pooled metadata into the query space (`uses_text_projection`); None gives them their own.
     """
     if name not in FUSIONS:
         raise ValueError(f"unknown fusion {name!r}; available: {sorted(FUSIONS)}")
     cls = FUSIONS[name]
-    if cls.uses_metadata:
+    if cls.uses_text_projection:
         options["metadata_projection"] = metadata_projection
     try:
         return cls(audio_dim=audio_dim, text_dim=text_dim, embed_dim=embed_dim, **options)

@@ -36,10 +36,7 @@ def _tag(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hybrid-retrieval", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def add_tag_command(sub: argparse._SubParsersAction) -> None:
     tag = sub.add_parser("tag", help="AudioSet labels of audio files with an EfficientAT model")
     tag.add_argument("files", nargs="+", help="audio files (wav, flac, ogg, mp3)")
     tag.add_argument("--model", default="mn04_as", help="EfficientAT model name (default: mn04_as)")
@@ -47,6 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
     tag.add_argument("--top", type=int, default=10, help="number of labels to show (default: 10)")
     tag.add_argument("--json", action="store_true", help="one JSON object per file and line")
     tag.set_defaults(func=_tag)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Each sub-command lives with the feature it serves and registers itself here."""
+    parser = argparse.ArgumentParser(prog="hybrid-retrieval", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_tag_command(sub)
     return parser
 
 

@@ -34,7 +34,7 @@ class ModelConfig:
     embed_dim: int = 1024
     projection: str = "linear"
     fusion: str = "none"
-    fusion_options: dict = field(default_factory=dict)
+    fusion_options: dict = field(default_factory=dict)  # per fusion name, e.g. {"mid": {"layers": 4}}
     metadata: str = ""  # metadata kinds the items carry, e.g. "os", "cs+os" ("" = none)
     separate_metadata_encoder: bool = False  # the paper's ablation: metadata gets its own text tower
     temperature: float = 0.05
@@ -79,7 +79,7 @@ class RetrievalModel(nn.Module):
         self.item_encoder = fusion.create_fusion(
             config.fusion, audio_dim=audio_tower.embed_dim, text_dim=text_tower.embed_dim,
             embed_dim=config.embed_dim, metadata_projection=self.text_proj if shared else None,
-            **{"projection": config.projection, **config.fusion_options},
+            **{"projection": config.projection, **config.fusion_options.get(config.fusion, {})},
         )
         self.uses_metadata = bool(self.item_encoder.uses_metadata)
         if self.uses_metadata and not config.metadata:

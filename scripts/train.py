@@ -30,15 +30,20 @@ from hybrid_retrieval.training.loop import train
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 ex = Experiment("hybrid_retrieval", save_git_info=False)
-ex.add_config({**TrainConfig().to_dict(), **{f.name: None for f in fields(ModelConfig)}})
+MODEL_KEYS = {f.name for f in fields(ModelConfig)}
+# Model keys default to "unset" (null, or {} for the options dict, which sacred must see as a
+# dict to accept nested keys): unset keys come from the base model config named by `model`.
+ex.add_config({**TrainConfig().to_dict(), **{k: {} if k == "fusion_options" else None for k in MODEL_KEYS}})
 for path in sorted(CONFIGS.glob("*.yaml")):
     ex.add_named_config(path.stem, str(path))
 
 
 @ex.main
-def main(_config: dict, _run) -> dict:
+def main(_config: dict, _run, fusion_options: dict) -> dict:
+    # `fusion_options` is named here so sacred accepts nested keys that configs add to it
+    # (e.g. fusion_options.mid.width); its value is read from _config with everything else.
     flat = json.loads(json.dumps(_config))  # sacred's read-only containers -> plain data
-    flat = {k: v for k, v in flat.items() if v is not None or k not in {f.name for f in fields(ModelConfig)}}
+    flat = {k: v for k, v in flat.items() if k not in MODEL_KEYS or v not in (None, {})}
     model_config, train_config = split_config(flat)
     observer_dirs = [o.dir for o in _run.observers if getattr(o, "dir", None)]
     run_dir = Path(observer_dirs[0]) if observer_dirs else Path(os.environ.get("HYBRID_RETRIEVAL_RUNS", "runs")) / "unobserved"
