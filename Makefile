@@ -5,9 +5,12 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
-export HF_HUB_OFFLINE ?= 1
-export HF_DATASETS_OFFLINE ?= 1
-export TRANSFORMERS_OFFLINE ?= 1
+
+# The released mn04_as weights, where this checkout has them beside it (../shared/models);
+# elsewhere they are looked up in the user cache or downloaded (see README).
+ifneq ($(wildcard ../shared/models/mn04_as_mAP_432.pt),)
+export HYBRID_RETRIEVAL_WEIGHTS_DIR ?= $(abspath ../shared/models)
+endif
 
 .PHONY: run test venv clean
 
@@ -23,8 +26,12 @@ $(VENV)/.installed: pyproject.toml
 run: venv
 	$(PY) scripts/main_job.py
 
+# Tests never reach a hub: everything they need is on disk.
+test: export HF_HUB_OFFLINE = 1
+test: export HF_DATASETS_OFFLINE = 1
+test: export TRANSFORMERS_OFFLINE = 1
 test: venv
 	$(PY) -m pytest -q
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs results .cache .pytest_cache

@@ -55,11 +55,13 @@ class LateFusion(ItemEncoder):
     def forward(self, audio: TowerOutput | None, metadata: TowerOutput | None = None,
                 present: Tensor | None = None) -> Tensor:
         a = self.audio_proj(audio.embedding)
+        if self.normalize == "before":
+            a = nn.functional.normalize(a, dim=-1)
         if metadata is None:
             return a
         m = self.metadata_proj(metadata.embedding)
         if self.normalize == "before":
-            a, m = nn.functional.normalize(a, dim=-1), nn.functional.normalize(m, dim=-1)
+            m = nn.functional.normalize(m, dim=-1)
         fused = (1 - self.weight) * a + self.weight * m
         if present is None:
             return fused
