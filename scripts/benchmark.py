@@ -6,7 +6,8 @@
 
 Rows: random, metadata-only (the keyword baseline: queries against OS metadata alone),
 content-only, late and mid fusion with CS, OS, FS and CS+OS metadata, and the best hybrid row
-again with a separate metadata encoder. Each row is a named config of configs/ combined with
+again with a separate metadata encoder (the best row where that choice changes the model: with
+frozen towers, only the fusions that reuse the query text projection). Each row is a named config of configs/ combined with
 the dataset's config, so `python scripts/train.py with <dataset> <row>` trains the same model.
 Models are trained on the train split, validated on the validation split and scored on the
 evaluation split; columns are mean ± std over seeds. Rows whose metadata kinds the dataset
@@ -27,6 +28,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from fusion import FUSIONS
 from hybrid_retrieval.data.items import caption_pairs
 from hybrid_retrieval.data.registry import load_split
 from hybrid_retrieval.evaluation import evaluate
@@ -84,12 +86,21 @@ def run_row(dataset: str, names: list[str], seed: int, overrides: dict, run_dir:
 
 
 def summarise(per_seed: list[dict]) -> dict:
+    """Mean ± sample std over seeds (the mean alone for one seed)."""
     out = {}
     for column in METRIC_COLUMNS:
         values = [m[column] for m in per_seed]
-        std = statistics.stdev(values) if len(values) > 1 else 0.0
-        out[column] = f"{statistics.mean(values):.4f} ± {std:.4f}"
+        mean = f"{statistics.mean(values):.4f}"
+        out[column] = f"{mean} ± {statistics.stdev(values):.4f}" if len(values) > 1 else mean
     return out
+
+
+def encoder_choice_matters(names: list[str], settings: dict) -> bool:
+    """Whether a separate metadata encoder changes this row's model: with a trainable text tower
+    always; with a frozen one only where the fusion projects metadata with the query projection
+    (late, metadata-only); mid fusion then has no shared trainable part, so both are identical."""
+    fusion_name = merge(*(named_config(n) for n in names))["fusion"]
+    return not settings.get("freeze_text", True) or FUSIONS[fusion_name].uses_text_projection
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=None, help="override the dataset config's epochs")
     parser.add_argument("--out", default=None, help="output folder (default: results/<dataset>)")
     parser.add_argument("--runs", default=None, help="where row checkpoints go (default: runs/benchmark/<dataset>)")
+    parser.add_argument("--rows", default=None,
+                        help="comma-separated row configs to run (e.g. content_only,late_os; default: all)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
 
@@ -137,9 +150,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{label:32s} mAP@10 {statistics.mean(m['mAP@10'] for m in per_seed):.4f}  "
               f"({results[label]['seconds']:.0f} s)", flush=True)
 
+    selected = set(args.rows.split(",")) if args.rows else None
+    unknown = selected - {names[0] for _, names in ROWS} if selected else set()
+    if unknown:
+        parser.error(f"unknown rows {sorted(unknown)}; rows: {[names[0] for _, names in ROWS]}")
     for label, names in ROWS:
-        run(label, names)
-    hybrids = [(label, names) for label, names in ROWS if names[0].startswith(("late", "mid")) and "per_seed" in results[label]]
+        if selected is None or names[0] in selected:
+            run(label, names)
+    hybrids = [(label, names) for label, names in ROWS if names[0].startswith(("late", "mid"))
+               and "per_seed" in results.get(label, {}) and encoder_choice_matters(names, settings)]
     if hybrids:
         best_label, best_names = max(hybrids, key=lambda r: statistics.mean(m["mAP@10"] for m in results[r[0]]["per_seed"]))
         run(f"{best_label}, separate encoder", best_names, {"separate_metadata_encoder": True})
