@@ -41,7 +41,7 @@ def test_learnable_temperature_is_clamped(offline_weights: Path) -> None:
 def test_timm_audio_towers_offline(spec: str, dim: int) -> None:
     """ResNet-50 and the AST-style ViT over 16x16 log-mel patches, random initialisation offline."""
     tower = create_audio_tower(spec, pretrained=True).eval()  # offline: falls back to random init
-    assert tower.backbone.pretrained is False
+    assert tower.backbone.pretrained is False and tower.pretrained is False
     with torch.inference_mode():
         out = tower(torch.randn(2, 64_000) * 0.1)  # 2 s -> 200 frames
     assert out.embedding.shape == (2, dim) and out.logits is None

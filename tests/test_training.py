@@ -92,3 +92,17 @@ def test_global_batches_do_not_depend_on_process_count() -> None:
         assert ranks[0][b] + ranks[1][b] == batch
     with pytest.raises(ValueError, match="divisible"):
         GlobalBatchSampler(50, 9, seed=0, world=2)
+
+
+def test_random_audio_tower_is_trained_not_frozen(tmp_path: Path, tone_dataset: Path, caplog) -> None:
+    """Offline, a timm tower starts from random weights: freezing it would be meaningless, so it trains."""
+    model_config, cfg = split_config({"dataset": "clotho", "data_root": str(tone_dataset), "limit_items": 4,
+                                      "batch_size": 4, "epochs": 1, "clip_seconds": 1.0, "progress": False,
+                                      "cache_dir": None, "eval_every": 0, "audio_encoder": "timm:resnet18",
+                                      "embed_dim": 16})
+    with caplog.at_level("WARNING", logger="hybrid_retrieval"):
+        result = train(model_config, cfg, tmp_path)
+    assert "not pretrained" in caplog.text
+    saved = json.loads((Path(result["checkpoint"]) / "config.json").read_text())
+    assert set(saved["frozen_towers"]) == {"text"}
+    assert any(k.startswith("audio_tower.") for k in load_file(str(Path(result["checkpoint"]) / "model.safetensors")))

@@ -7,6 +7,7 @@ can be cut into windows whose embeddings are averaged.
 """
 from __future__ import annotations
 
+import copy
 import functools
 from collections.abc import Sequence
 from importlib import resources
@@ -34,9 +35,11 @@ def audioset_labels() -> tuple[str, ...]:
 class AudioTower(nn.Module):
     """Front end and backbone; `spec` names the architecture (e.g. "efficientat:mn04_as")."""
 
-    def __init__(self, spec: str, backbone: nn.Module, frontend: LogMelFrontend | None = None) -> None:
+    def __init__(self, spec: str, backbone: nn.Module, frontend: LogMelFrontend | None = None,
+                 pretrained: bool = False) -> None:
         super().__init__()
         self.spec = spec
+        self.pretrained = pretrained  # holds pretrained weights (not a random initialisation)
         self.frontend = frontend or LogMelFrontend()
         self.backbone = backbone
         self.embed_dim: int = backbone.embed_dim
@@ -54,6 +57,17 @@ class AudioTower(nn.Module):
         return {"audio_encoder": self.spec, "frontend": self.frontend.config.to_dict(),
                 "audio_state": module_state_hash(self)}
 
+    def inference_copy(self) -> AudioTower:
+        """An eval-mode copy of this tower with its weights in channels-last layout, the fast
+        path of oneDNN (CPU) and cuDNN convolutions; the layout carries through the network.
+        Outputs equal the eval-mode tower's up to float rounding; made afresh per call, so it
+        always has the current weights and leaves the tower itself (and its mode) untouched.
+
+        Folding the batch norms into the convolutions (torch.nn.utils.fusion) was measured too
+        and left out: see BENCHMARKS.md.
+        """
+        return copy.deepcopy(self).eval().to(memory_format=torch.channels_last)
+
     @torch.inference_mode()
     def embed_waveforms(self, waveforms: Sequence[np.ndarray | Tensor], batch_size: int = 32,
                         window_seconds: float | None = None) -> list[TowerOutput]:
@@ -64,9 +78,8 @@ class AudioTower(nn.Module):
         into windows (the last one aligned to the clip's end): tokens are concatenated, the
         embedding and logits averaged.
         """
-        was_training = self.training
-        self.eval()
         device = next(self.parameters()).device
+        runner = self.inference_copy()
         window = int(window_seconds * self.sample_rate) if window_seconds else None
         pieces: list[tuple[int, Tensor]] = []  # (clip index, waveform piece)
         for i, wave in enumerate(waveforms):
@@ -83,12 +96,11 @@ class AudioTower(nn.Module):
             for start in range(0, len(idx), batch_size):
                 chunk = idx[start:start + batch_size]
                 batch = torch.stack([pieces[p][1] for p in chunk]).to(device)
-                for p, out in zip(chunk, self(batch).to("cpu").unbatch()):
+                for p, out in zip(chunk, runner(batch).to("cpu").unbatch()):
                     piece_out[p] = out
         per_clip: list[list[TowerOutput]] = [[] for _ in waveforms]
         for p, (i, _) in enumerate(pieces):
             per_clip[i].append(piece_out[p])
-        self.train(was_training)
         return [_merge_windows(outs) for outs in per_clip]
 
 
@@ -130,9 +142,11 @@ def create_audio_tower(spec: str = "efficientat:mn04_as", pretrained: bool = Tru
         if name not in EFFICIENTAT_CONFIGS:
             raise ValueError(f"unknown EfficientAT model {name!r} in audio_encoder={spec!r}; known: {sorted(EFFICIENTAT_CONFIGS)}")
         backbone = efficientat(name)
-        if pretrained or weights:
+        loaded = bool(pretrained or weights)
+        if loaded:
             backbone.load_state_dict(load_state_dict(resolve_weights(name, weights)), strict=True)
-        return AudioTower(f"efficientat:{name}", backbone, fe)
+        return AudioTower(f"efficientat:{name}", backbone, fe, pretrained=loaded)
     if family == "timm":
-        return AudioTower(f"timm:{name}", TimmBackbone(name, pretrained=pretrained), fe)
+        backbone = TimmBackbone(name, pretrained=pretrained)
+        return AudioTower(f"timm:{name}", backbone, fe, pretrained=backbone.pretrained)
     raise ValueError(f"unknown audio encoder family {family!r} in {spec!r}; use efficientat:<name> or timm:<name>")

@@ -99,7 +99,8 @@ def build_model(model_config: ModelConfig, cfg: TrainConfig) -> tuple[RetrievalM
     says so in one line and starts the audio tower from random initialisation."""
     if cfg.audio_pretrained:
         try:
-            return create_model(model_config, pretrained=True, audio_weights=cfg.audio_weights), True
+            model = create_model(model_config, pretrained=True, audio_weights=cfg.audio_weights)
+            return model, model.audio_tower.pretrained
         except WeightsNotFoundError as exc:
             log.warning("pretrained audio weights unavailable (%s); training the audio tower from random "
                         "initialisation", str(exc).split(". Download")[0])
