@@ -42,14 +42,21 @@ class FeatureCache:
         if not marker.exists():
             with atomic_path(marker) as tmp:
                 tmp.write_text(json.dumps(fingerprint, indent=1, sort_keys=True))
+        self._indices: dict[str, dict[str, tuple[Path, int]]] = {}  # namespace -> key -> (shard, row)
+        self._seen_shards: dict[str, set[Path]] = {}
 
     def _index(self, namespace: str) -> dict[str, tuple[Path, int]]:
-        index: dict[str, tuple[Path, int]] = {}
-        for shard in sorted((self.dir / namespace).glob("*.safetensors")):
+        """Where each stored key lives. Kept between calls, so that a caller going through a large
+        catalogue chunk by chunk reads each shard's header once; shards that appeared since
+        (this or another process) are added on every call."""
+        index = self._indices.setdefault(namespace, {})
+        seen = self._seen_shards.setdefault(namespace, set())
+        for shard in sorted(set((self.dir / namespace).glob("*.safetensors")) - seen):
             with safe_open(str(shard), "pt") as handle:
                 keys = json.loads(handle.metadata()["keys"])
             for i, key in enumerate(keys):
                 index[key] = (shard, i)
+            seen.add(shard)
         return index
 
     def get_or_compute(self, namespace: str, keys: Sequence[str],

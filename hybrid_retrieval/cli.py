@@ -11,6 +11,8 @@ import torch
 from hybrid_retrieval.audio.io import AudioLoadError, load_audio
 from hybrid_retrieval.audio.pretrained import WeightsNotFoundError
 from hybrid_retrieval.audio.tower import audioset_labels, create_audio_tower
+from hybrid_retrieval.disentangled.cli import add_similar_command
+from hybrid_retrieval.index_cli import add_index_commands
 
 
 def _tag(args: argparse.Namespace) -> int:
@@ -51,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hybrid-retrieval", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     add_tag_command(sub)
+    add_similar_command(sub)
+    add_index_commands(sub)
     return parser
 
 

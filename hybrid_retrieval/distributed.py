@@ -5,7 +5,9 @@ import os
 
 import torch
 import torch.distributed as dist
-from torch import Tensor
+from torch import Tensor, nn
+from torch.distributed import _functional_collectives as funcol
+from torch.nn.parallel import DistributedDataParallel
 
 
 def is_distributed() -> bool:
@@ -35,18 +37,33 @@ def init_from_env() -> bool:
     return True
 
 
+def wrap_model(model: nn.Module) -> nn.Module:
+    """`model` in DistributedDataParallel when running distributed, else `model` itself.
+
+    Towers that train have parameters the loss never reaches (EfficientAT's tagging head, the
+    text encoder's pooler), and a learned temperature is used by the loss, outside the forward.
+    `static_graph=True` handles both: DDP learns in the first step which parameters get
+    gradients (the same ones every step here). Plain DDP fails on the unused parameters (its
+    second step waits for their gradients), `find_unused_parameters=True` on the temperature
+    ("marked ready twice"). Parameters no rank uses keep no gradient, as in one process.
+    """
+    if not is_distributed():
+        return model
+    return DistributedDataParallel(model, static_graph=True)
+
+
 def gather_with_grad(x: Tensor) -> Tensor:
     """Concatenate `x` from every rank along dim 0, keeping the autograd graph.
 
-    torch.distributed.nn's all_gather is differentiable: its backward sums each rank's gradient
-    for this rank's slice. With the same global loss on every rank and DDP's gradient averaging,
-    the parameter gradients equal those of one process that sees the whole global batch.
+    The functional collective's backward sums every rank's gradient for this rank's slice (a
+    reduce-scatter). With the same global loss on every rank and DDP's gradient averaging, the
+    parameter gradients equal those of one process that sees the whole global batch
+    (tests/test_distributed.py). torch.distributed.nn.functional.all_gather did the same and is
+    deprecated in favour of this module, which is underscored but what torch's warning names.
     """
     if not is_distributed():
         return x
-    import torch.distributed.nn.functional as dist_fn
-
-    return torch.cat(dist_fn.all_gather(x), dim=0)
+    return funcol.all_gather_single_autograd(x.contiguous(), 0, dist.group.WORLD)
 
 
 def gather_no_grad(x: Tensor) -> Tensor:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from hybrid_retrieval.audio.io import load_audio
 from hybrid_retrieval.audio.tower import AudioTower
@@ -19,25 +20,43 @@ from hybrid_retrieval.outputs import TowerOutput
 from hybrid_retrieval.text.tower import TextTower
 
 
-def audio_outputs(tower: AudioTower, paths: Sequence[str | Path], cache_dir: str | Path | None = None,
+def audio_cache(tower: AudioTower, cache_dir: str | Path | FeatureCache | None,
+                window_seconds: float | None = None) -> FeatureCache | None:
+    """The feature cache of `tower`'s outputs under `cache_dir` (None: no caching). Opening one
+    hashes the tower's weights, so callers that go through a catalogue in chunks open it once."""
+    if cache_dir is None or isinstance(cache_dir, FeatureCache):
+        return cache_dir
+    return FeatureCache(cache_dir, {"kind": "audio", "window_seconds": window_seconds, **tower.fingerprint()})
+
+
+def text_cache(tower: TextTower, cache_dir: str | Path | FeatureCache | None,
+               keep_tokens: bool = False) -> FeatureCache | None:
+    """As audio_cache, for a text tower (token sequences are kept or not)."""
+    if cache_dir is None or isinstance(cache_dir, FeatureCache):
+        return cache_dir
+    return FeatureCache(cache_dir, {"kind": "text", "keep_tokens": keep_tokens, **tower.fingerprint()})
+
+
+def audio_outputs(tower: AudioTower, paths: Sequence[str | Path], cache_dir: str | Path | FeatureCache | None = None,
                   batch_size: int = 32, window_seconds: float | None = None,
                   progress: bool = True) -> list[TowerOutput]:
-    """Tower outputs of audio files (whole clips, or averaged windows), through the cache if given."""
+    """Tower outputs of audio files (whole clips, or averaged windows), through the cache if given
+    (a folder, or a cache opened by audio_cache with the same window_seconds)."""
 
     def compute(positions: Sequence[int]) -> list[TowerOutput]:
         waves = [load_audio(paths[i]) for i in positions]
         return tower.embed_waveforms(waves, batch_size=batch_size, window_seconds=window_seconds)
 
-    if cache_dir is None:
+    cache = audio_cache(tower, cache_dir, window_seconds)
+    if cache is None:
         return compute(range(len(paths)))
-    fingerprint = {"kind": "audio", "window_seconds": window_seconds, **tower.fingerprint()}
-    cache = FeatureCache(cache_dir, fingerprint)
     return cache.get_or_compute("audio", [audio_key(p) for p in paths], compute, progress=progress)
 
 
-def text_outputs(tower: TextTower, texts: Sequence[str], cache_dir: str | Path | None = None,
+def text_outputs(tower: TextTower, texts: Sequence[str], cache_dir: str | Path | FeatureCache | None = None,
                  batch_size: int = 256, keep_tokens: bool = False, progress: bool = True) -> list[TowerOutput]:
-    """Tower outputs of texts in eval mode; with keep_tokens=False only the pooled embedding is kept."""
+    """Tower outputs of texts in eval mode; with keep_tokens=False only the pooled embedding is kept.
+    cache_dir: a folder, or a cache opened by text_cache with the same keep_tokens."""
 
     @torch.inference_mode()
     def compute(positions: Sequence[int]) -> list[TowerOutput]:
@@ -52,10 +71,9 @@ def text_outputs(tower: TextTower, texts: Sequence[str], cache_dir: str | Path |
             outs = [TowerOutput(o.embedding[:, None], torch.ones(1, 1, dtype=torch.bool), o.embedding) for o in outs]
         return outs
 
-    if cache_dir is None:
+    cache = text_cache(tower, cache_dir, keep_tokens)
+    if cache is None:
         return compute(range(len(texts)))
-    fingerprint = {"kind": "text", "keep_tokens": keep_tokens, **tower.fingerprint()}
-    cache = FeatureCache(cache_dir, fingerprint)
     return cache.get_or_compute("text", list(texts), compute, keep_tokens=keep_tokens, progress=progress)
 
 
@@ -92,22 +110,37 @@ def metadata_present(texts: Sequence[str]) -> Tensor:
 
 def embed_catalogue(model: RetrievalModel, paths: Sequence[str | Path], metadata: Sequence[str] | None = None,
                     cache_dir: str | Path | None = None, window_seconds: float | None = None,
-                    progress: bool = True) -> Tensor:
-    """Normalised item embeddings of audio files (fused with their metadata for hybrid models)."""
+                    progress: bool = True, chunk_size: int = 256) -> Tensor:
+    """Normalised item embeddings of audio files (fused with their metadata for hybrid models).
+
+    Items go through the towers and the heads `chunk_size` at a time, so memory holds one
+    chunk's audio and tower outputs besides the (n, d) result, whatever the catalogue's size;
+    one progress bar counts the items.
+    """
     was_training = model.training
     model.eval()
-    audio = None
+    texts = None
     if model.item_encoder.uses_audio:
-        audio = audio_outputs(model.audio_tower, paths, cache_dir, window_seconds=window_seconds, progress=progress)
-    meta = present = None
+        audio_store = audio_cache(model.audio_tower, cache_dir, window_seconds)
     if model.uses_metadata:
         texts = list(metadata) if metadata is not None else [""] * len(paths)
-        tower = model.metadata_tower if model.metadata_tower is not None else model.text_tower
-        meta = text_outputs(tower, texts, cache_dir, keep_tokens=True, progress=progress)
-        present = metadata_present(texts)
-    emb = item_embeddings(model, audio, meta, present)
+        metadata_tower = model.metadata_tower if model.metadata_tower is not None else model.text_tower
+        text_store = text_cache(metadata_tower, cache_dir, keep_tokens=True)
+    parts = [torch.empty(0, model.config.embed_dim)]
+    with tqdm(total=len(paths), desc="embedding items", unit="item", disable=not progress) as bar:
+        for start in range(0, len(paths), chunk_size):
+            chunk = slice(start, start + chunk_size)
+            audio = meta = present = None
+            if model.item_encoder.uses_audio:
+                audio = audio_outputs(model.audio_tower, paths[chunk], audio_store, window_seconds=window_seconds,
+                                      progress=False)
+            if texts is not None:
+                meta = text_outputs(metadata_tower, texts[chunk], text_store, keep_tokens=True, progress=False)
+                present = metadata_present(texts[chunk])
+            parts.append(item_embeddings(model, audio, meta, present))
+            bar.update(len(paths[chunk]))
     model.train(was_training)
-    return emb
+    return torch.cat(parts)
 
 
 def embed_queries(model: RetrievalModel, texts: Sequence[str], cache_dir: str | Path | None = None,

@@ -4,6 +4,9 @@
 2. train the content-only retrieval model on it (scripts/train.py, frozen pretrained towers)
    and evaluate it with scripts/eval_map10.py, beside a random baseline;
 3. the hybrid-retrieval table: content-only vs metadata fusion (scripts/benchmark.py);
+4. the disentangled-similarity table: triplet accuracy per condition of the four configs
+   (scripts/eval_triplets.py, models saved to results/disentangled) and its subspace picture.
+Steps 3 and 4 need the pretrained audio tower and are skipped without it.
 Each step is the command a user would run; it is printed before it runs.
 
     python scripts/main_job.py [--seeds 3]
@@ -21,6 +24,7 @@ from hybrid_retrieval.audio.pretrained import WeightsNotFoundError, resolve_weig
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = "data/synthmusic"
+DISENTANGLED = "results/disentangled"
 
 
 def step(title: str, args: list[str], env: dict) -> float:
@@ -32,7 +36,7 @@ def step(title: str, args: list[str], env: dict) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, default=1, help="seeds of the fusion table (default 1)")
+    parser.add_argument("--seeds", type=int, default=1, help="seeds of the two tables (default 1)")
     args = parser.parse_args(argv)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "HYBRID_RETRIEVAL_RUNS": str(ROOT / "runs" / "main_job")}
@@ -63,6 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     if pretrained:
         timings["fusion table"] = step("hybrid retrieval: metadata fusion vs content-only", [
             "scripts/benchmark.py", "--dataset", "synthmusic", "--seeds", str(args.seeds)], env)
+        timings["disentangled table"] = step("disentangled music similarity: triplet accuracy per condition", [
+            "scripts/eval_triplets.py", "--seeds", str(args.seeds), "--out", DISENTANGLED], env)
+        timings["subspace picture"] = step("2-D projections of the subspaces", [
+            "scripts/plot_subspaces.py", "--checkpoint", f"{DISENTANGLED}/csn_track",
+            "--out", f"{DISENTANGLED}/subspaces.png"], env)
 
     total = time.perf_counter() - started
     print("\n== time per step: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())

@@ -7,7 +7,6 @@ can be cut into windows whose embeddings are averaged.
 """
 from __future__ import annotations
 
-import copy
 import functools
 from collections.abc import Sequence
 from importlib import resources
@@ -22,6 +21,10 @@ from hybrid_retrieval.audio.pretrained import load_state_dict, resolve_weights
 from hybrid_retrieval.audio.timm_towers import TimmBackbone
 from hybrid_retrieval.fingerprint import module_state_hash
 from hybrid_retrieval.outputs import TowerOutput
+
+
+# Audio per forward pass on a CPU: 4 clips of 10 s at 32 kHz (measured, BENCHMARKS.md).
+CPU_FORWARD_SAMPLES = 4 * 10 * 32_000
 
 
 @functools.cache
@@ -57,17 +60,6 @@ class AudioTower(nn.Module):
         return {"audio_encoder": self.spec, "frontend": self.frontend.config.to_dict(),
                 "audio_state": module_state_hash(self)}
 
-    def inference_copy(self) -> AudioTower:
-        """An eval-mode copy of this tower with its weights in channels-last layout, the fast
-        path of oneDNN (CPU) and cuDNN convolutions; the layout carries through the network.
-        Outputs equal the eval-mode tower's up to float rounding; made afresh per call, so it
-        always has the current weights and leaves the tower itself (and its mode) untouched.
-
-        Folding the batch norms into the convolutions (torch.nn.utils.fusion) was measured too
-        and left out: see BENCHMARKS.md.
-        """
-        return copy.deepcopy(self).eval().to(memory_format=torch.channels_last)
-
     @torch.inference_mode()
     def embed_waveforms(self, waveforms: Sequence[np.ndarray | Tensor], batch_size: int = 32,
                         window_seconds: float | None = None) -> list[TowerOutput]:
@@ -76,10 +68,14 @@ class AudioTower(nn.Module):
         Clips are grouped by exact length and run `batch_size` at a time, so a clip's embedding
         does not depend on what else is in the batch. With `window_seconds`, a longer clip is cut
         into windows (the last one aligned to the clip's end): tokens are concatenated, the
-        embedding and logits averaged.
+        embedding and logits averaged. On a CPU a forward pass holds at most CPU_FORWARD_SAMPLES
+        of audio whatever `batch_size`: larger ones run slower per clip, their activations no
+        longer fitting the caches (BENCHMARKS.md: 32 10-s clips in one forward ran at 0.4-0.7x
+        the clips/s of 4 at a time).
         """
+        was_training = self.training
+        self.eval()
         device = next(self.parameters()).device
-        runner = self.inference_copy()
         window = int(window_seconds * self.sample_rate) if window_seconds else None
         pieces: list[tuple[int, Tensor]] = []  # (clip index, waveform piece)
         for i, wave in enumerate(waveforms):
@@ -92,15 +88,19 @@ class AudioTower(nn.Module):
         for p, (_, piece) in enumerate(pieces):
             by_length.setdefault(piece.numel(), []).append(p)
         piece_out: dict[int, TowerOutput] = {}
-        for idx in by_length.values():
-            for start in range(0, len(idx), batch_size):
-                chunk = idx[start:start + batch_size]
+        for length, idx in by_length.items():
+            per_forward = batch_size
+            if device.type == "cpu":
+                per_forward = max(1, min(batch_size, CPU_FORWARD_SAMPLES // length))
+            for start in range(0, len(idx), per_forward):
+                chunk = idx[start:start + per_forward]
                 batch = torch.stack([pieces[p][1] for p in chunk]).to(device)
-                for p, out in zip(chunk, runner(batch).to("cpu").unbatch()):
+                for p, out in zip(chunk, self(batch).to("cpu").unbatch()):
                     piece_out[p] = out
         per_clip: list[list[TowerOutput]] = [[] for _ in waveforms]
         for p, (i, _) in enumerate(pieces):
             per_clip[i].append(piece_out[p])
+        self.train(was_training)
         return [_merge_windows(outs) for outs in per_clip]
 
 

@@ -73,7 +73,7 @@ def first_file(folders: Iterable[Path], name: str) -> Path | None:
     return next((folder / name for folder in folders if (folder / name).is_file()), None)
 
 
-def _read_metadata(path: Path) -> dict[str, dict[str, list[str] | str]]:
+def read_metadata_csv(path: Path) -> dict[str, dict[str, list[str] | str]]:
     """file_name -> metadata kinds: keywords -> "os"; SynthMusic's closed_tags -> "cs", description -> "fs"."""
     header, rows = read_csv(path)
     if "file_name" not in header:
@@ -117,7 +117,7 @@ def load_clotho(
         looked = ", ".join(str(folder / captions_name) for folder in csv_dirs)
         raise FileNotFoundError(f"{name}/{split}: captions CSV not found; looked for {looked}")
     metadata_path = first_file([captions_path.parent, *csv_dirs], f"clotho_metadata_{split}.csv")
-    metadata = _read_metadata(metadata_path) if metadata_path else {}
+    metadata = read_metadata_csv(metadata_path) if metadata_path else {}
 
     audio_dirs = [
         root / f"clotho_audio_{split}",

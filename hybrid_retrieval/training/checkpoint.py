@@ -13,16 +13,13 @@ last, so an interrupted save is never read back.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from hybrid_retrieval.hub import atomic_path
+from hybrid_retrieval.hub import atomic_directory, atomic_path
 from hybrid_retrieval.model import ModelConfig, RetrievalModel, create_model
 
 FROZEN_PREFIXES = {"audio": "audio_tower.", "text": "text_tower."}
@@ -91,8 +88,7 @@ def save_checkpoint(directory: str | Path, model: RetrievalModel, train_config: 
         fingerprints["text"] = model.text_tower.fingerprint()
     config = {"model": model.config.to_dict(), "train": train_config, "epoch": state.epoch, "step": state.step,
               "metrics": metrics or {}, "frozen_towers": fingerprints}
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    with atomic_directory(directory) as tmp:
         save_file(weights, str(tmp / "model.safetensors"))
         (tmp / "config.json").write_text(json.dumps(config, indent=1))
         if state.optimizer is not None:
@@ -100,12 +96,6 @@ def save_checkpoint(directory: str | Path, model: RetrievalModel, train_config: 
             tensors.update({f"rng.{k}": v for k, v in (state.rng or {}).items()})
             save_file(tensors, str(tmp / "optimizer.safetensors"))
             (tmp / "trainer.json").write_text(json.dumps({"optimizer": meta, "scheduler": state.scheduler}))
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     with atomic_path(directory.parent / "latest.json") as pointer:
         pointer.write_text(json.dumps({"checkpoint": directory.name, "epoch": state.epoch}))
     return directory

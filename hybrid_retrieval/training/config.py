@@ -53,15 +53,22 @@ class TrainConfig:
         return asdict(self)
 
 
-def split_config(flat: dict) -> tuple[ModelConfig, TrainConfig]:
-    """Split a flat experiment config into (ModelConfig, TrainConfig); unknown keys are an error."""
-    train_keys = {f.name for f in fields(TrainConfig)}
-    model_keys = {f.name for f in fields(ModelConfig)}
-    unknown = sorted(k for k in flat if k not in train_keys | model_keys and not k.startswith("_"))
+def partition_keys(flat: dict, model_class: type, train_class: type) -> tuple[dict, dict]:
+    """The keys of a flat experiment config (sacred's) that are fields of each dataclass; a key
+    of neither is an error listing both key sets (keys starting with "_" are sacred's own)."""
+    model_keys = {f.name for f in fields(model_class)}
+    train_keys = {f.name for f in fields(train_class)}
+    unknown = sorted(k for k in flat if k not in model_keys | train_keys and not k.startswith("_"))
     if unknown:
         raise ValueError(f"unknown config key(s) {unknown}; model keys: {sorted(model_keys)}; "
                          f"training keys: {sorted(train_keys)}")
-    train = TrainConfig(**{k: v for k, v in flat.items() if k in train_keys})
-    base = get_model_config(train.model).to_dict()
-    model = ModelConfig.from_dict({**base, **{k: v for k, v in flat.items() if k in model_keys}})
+    return ({k: v for k, v in flat.items() if k in model_keys}, {k: v for k, v in flat.items() if k in train_keys})
+
+
+def split_config(flat: dict) -> tuple[ModelConfig, TrainConfig]:
+    """Split a flat experiment config into (ModelConfig, TrainConfig); unknown keys are an error.
+    Model keys left unset come from the base model config named by `model`."""
+    model_part, train_part = partition_keys(flat, ModelConfig, TrainConfig)
+    train = TrainConfig(**train_part)
+    model = ModelConfig.from_dict({**get_model_config(train.model).to_dict(), **model_part})
     return model, train

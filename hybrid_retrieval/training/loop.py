@@ -12,7 +12,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
@@ -160,7 +159,7 @@ def train(model_config: ModelConfig, cfg: TrainConfig, run_dir: str | Path) -> d
         scheduler.load_state_dict(state.scheduler)
         set_rng_state(state.rng)
 
-    net: nn.Module = DistributedDataParallel(model) if dist_utils.is_distributed() else model
+    net = dist_utils.wrap_model(model)
     loss_fn = ContrastiveLoss(cfg.loss)
     use_amp = cfg.amp and device.type == "cuda"
     eval_cache = cfg.cache_dir if (freeze_audio and cfg.freeze_text) else None

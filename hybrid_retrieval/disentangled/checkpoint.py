@@ -1,0 +1,88 @@
+"""Saved similarity models: a directory of safetensors weights and a JSON config, never a pickle.
+
+    model.safetensors   the head's weights (and learned masks); the frozen tower is left out
+    config.json         format, model config, training config, metrics, and the feature source's
+                        fingerprint (tower spec, front end and a hash of its weights)
+The directory is written under a temporary name and renamed into place, so a reader finds the
+old model or the new one, never half of one. Loading rebuilds the tower from its released
+weights and refuses a tower whose fingerprint differs from the recorded one.
+
+The `similar` command's default model is :func:`default_checkpoint`:
+$HYBRID_RETRIEVAL_CACHE/disentangled/model (by default ~/.cache/hybrid_retrieval/...), installed
+by `python scripts/train_disentangled.py with export_default=True`.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+
+from hybrid_retrieval.disentangled.features import FeatureSource, create_source
+from hybrid_retrieval.disentangled.model import ConditionalSimilarityNet, ModelConfig
+from hybrid_retrieval.fingerprint import fingerprint_hash, module_state_hash
+from hybrid_retrieval.hub import atomic_directory, cache_dir
+
+FORMAT = "hybrid_retrieval.disentangled/1"
+TRAIN_HINT = ("train one with `python scripts/train_disentangled.py with export_default=True` "
+              "(installs it as the default), or pass --checkpoint RUN_DIR")
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """No saved similarity model where one was expected."""
+
+
+def default_checkpoint() -> Path:
+    """Where the `similar` command looks when no checkpoint is given."""
+    return cache_dir() / "disentangled" / "model"
+
+
+def model_fingerprint(model: ConditionalSimilarityNet, source: FeatureSource) -> str:
+    """Identity of what embeddings a model makes: its config, weights and feature source."""
+    return fingerprint_hash({"config": model.config.to_dict(), "weights": module_state_hash(model),
+                             "features": source.fingerprint()})
+
+
+def save_model(directory: str | Path, model: ConditionalSimilarityNet, source: FeatureSource,
+               train_config: dict, metrics: dict | None = None) -> Path:
+    """Write a model directory atomically (replacing an older one)."""
+    directory = Path(directory)
+    config = {"format": FORMAT, "model": model.config.to_dict(), "train": train_config,
+              "features": source.fingerprint(), "metrics": metrics or {}}
+    with atomic_directory(directory) as tmp:
+        weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(weights, str(tmp / "model.safetensors"))
+        (tmp / "config.json").write_text(json.dumps(config, indent=1))
+    return directory
+
+
+def find_model(path: str | Path | None = None) -> Path:
+    """A model directory from itself or a run directory holding `model/`; None: the default."""
+    candidates = [default_checkpoint()] if path is None else [Path(path), Path(path) / "model"]
+    for candidate in candidates:
+        if (candidate / "config.json").is_file() and (candidate / "model.safetensors").is_file():
+            return candidate
+    if path is None:
+        raise ModelNotFoundError(f"no similarity model given and none at the default {candidates[0]}; {TRAIN_HINT}")
+    raise ModelNotFoundError(f"no similarity model at {path} (expected config.json and model.safetensors there "
+                             f"or in {Path(path) / 'model'}); {TRAIN_HINT}")
+
+
+def load_model(path: str | Path | None = None, weights: str | None = None,
+               window_seconds: float | None = None) -> tuple[ConditionalSimilarityNet, FeatureSource, dict]:
+    """(model in eval mode, its feature source, config.json) of a saved model (None: the default).
+    weights: the frozen tower's weights file, if not where they were found in training;
+    window_seconds: see TowerTokens."""
+    directory = find_model(path)
+    config = json.loads((directory / "config.json").read_text())
+    if config.get("format") != FORMAT:
+        raise ValueError(f"{directory} is not a similarity model of format {FORMAT} (found {config.get('format')})")
+    model_config = ModelConfig.from_dict(config["model"])
+    source = create_source(model_config.encoder, model_config.audio_encoder,
+                           weights or config["train"].get("audio_weights"), window_seconds)
+    if source.fingerprint() != config["features"]:
+        raise ValueError(f"{directory} was trained on features {config['features']} but the source rebuilt here "
+                         f"differs ({source.fingerprint()}); point to the same pretrained weights")
+    model = ConditionalSimilarityNet(model_config, source.dim)
+    model.load_state_dict(load_file(str(directory / "model.safetensors")), strict=True)
+    return model.eval(), source, config

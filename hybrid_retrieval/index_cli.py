@@ -1,0 +1,150 @@
+"""`hybrid-retrieval index build|info` and `hybrid-retrieval search`: embed a catalogue once, search it often.
+
+    hybrid-retrieval index build AUDIO_DIR_OR_DATASET --checkpoint runs/1 --out catalogue.index
+    hybrid-retrieval search catalogue.index "a dog barks in the rain" --top 10
+
+AUDIO_DIR_OR_DATASET is a folder (its audio files, searched recursively) or a dataset split
+DATASET:ROOT:SPLIT such as synthmusic:data/synthmusic:evaluation; see index.load_catalogue.
+The handlers import the model code when they run, so that building the parser (which every
+sub-command does, `tag` included) stays as cheap as it was.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+
+def add_index_commands(sub: argparse._SubParsersAction) -> None:
+    """Register `index` (build, info) and `search` on the main parser's sub-commands."""
+    index = sub.add_parser("index", help="build or inspect a search index of an audio catalogue")
+    actions = index.add_subparsers(dest="index_command", required=True)
+
+    build = actions.add_parser("build", help="embed a folder or dataset split with a checkpoint into an index file")
+    build.add_argument("source", metavar="AUDIO_DIR_OR_DATASET",
+                       help="a folder of audio files (recursive), or DATASET:ROOT:SPLIT, "
+                            "e.g. synthmusic:data/synthmusic:evaluation or clotho:/data/clotho:evaluation")
+    build.add_argument("--checkpoint", required=True, help="checkpoint directory, or a run directory (its latest)")
+    build.add_argument("--out", required=True, help="index file to write (replaced atomically)")
+    build.add_argument("--metadata", default=None,
+                       help="metadata CSV for hybrid checkpoints: a file_name column and any of keywords "
+                            "(';'-separated), closed_tags, description (Clotho layout)")
+    build.add_argument("--approximate", choices=["ivf", "hnsw"], default=None,
+                       help="also build an approximate FAISS index (for large catalogues); search uses it")
+    build.add_argument("--target-recall", type=float, default=0.95,
+                       help="recall@10 against exact search the approximate index is tuned to (default 0.95)")
+    build.add_argument("--recall-queries", default=None,
+                       help="text file of example queries, one per line, to measure the approximate index's "
+                            "recall on (default: the dataset's captions, else catalogue items as queries)")
+    build.add_argument("--cache-dir", default=None, help="feature cache of the towers' outputs (reused by rebuilds)")
+    build.add_argument("--window-seconds", type=float, default=None,
+                       help="embed long clips as the mean of windows of this length")
+    build.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    build.set_defaults(func=_build)
+
+    info = actions.add_parser("info", help="what an index holds and how it was built")
+    info.add_argument("index", help="index file")
+    info.add_argument("--json", action="store_true", help="print the index's header as JSON")
+    info.set_defaults(func=_info)
+
+    search = sub.add_parser("search", help="rank an index's items for text queries")
+    search.add_argument("index", help="index file (from `hybrid-retrieval index build`)")
+    search.add_argument("queries", nargs="+", metavar="QUERY", help="one or more text queries")
+    search.add_argument("--top", type=int, default=10, help="results per query (default 10)")
+    search.add_argument("--json", action="store_true", help="one JSON object per query and line")
+    search.add_argument("--checkpoint", default=None,
+                        help="the index's checkpoint, if it has moved (verified against the index)")
+    search.add_argument("--exact", action="store_true", help="exact search even if the index has an approximate part")
+    search.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    search.set_defaults(func=_search)
+
+
+def _load_model(checkpoint: str, device: str):
+    from hybrid_retrieval.training.checkpoint import find_checkpoint, load_checkpoint
+    from hybrid_retrieval.training.loop import resolve_device
+
+    directory = find_checkpoint(checkpoint).resolve()
+    model, config = load_checkpoint(directory, device=resolve_device(device))
+    return model.eval(), {"path": str(directory), "epoch": config.get("epoch"), "step": config.get("step")}
+
+
+def _build(args: argparse.Namespace) -> int:
+    from hybrid_retrieval.index import build_index, load_catalogue, save_index
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        model, checkpoint = _load_model(args.checkpoint, args.device)
+        items = load_catalogue(args.source, args.metadata)
+        recall_queries = None
+        if args.recall_queries:
+            lines = Path(args.recall_queries).read_text(encoding="utf-8").splitlines()
+            recall_queries = [line.strip() for line in lines if line.strip()]
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.metadata and not model.uses_metadata:
+        print(f"note: the checkpoint is content-only (fusion={model.config.fusion!r}); --metadata is not used",
+              file=sys.stderr)
+    index = build_index(model, items, checkpoint, source=args.source, approximate=args.approximate,
+                        target_recall=args.target_recall, recall_queries=recall_queries, cache_dir=args.cache_dir,
+                        window_seconds=args.window_seconds)
+    save_index(index, args.out)
+    print(f"indexed {len(index)} items ({index.info['dim']}-d) from {args.source} with {checkpoint['path']} "
+          f"-> {args.out}")
+    if index.info["approximate"]:
+        _print_approximate(index.info["approximate"])
+    return 0
+
+
+def _print_approximate(settings: dict) -> None:
+    print(f"approximate: {settings['factory']} with {settings['parameter']}={settings['value']}: "
+          f"recall@10 {settings['recall@10']:.3f} against exact search on {settings['recall_queries']['count']} "
+          f"{settings['recall_queries']['kind']} (target {settings['target_recall']})")
+
+
+def _info(args: argparse.Namespace) -> int:
+    from hybrid_retrieval.index import load_index
+
+    info = load_index(args.index).info
+    if args.json:
+        print(json.dumps(info, indent=1))
+        return 0
+    checkpoint = info["checkpoint"]
+    print(f"{args.index}: {info['size']} items, {info['dim']}-d, built {info['created']} from {info['source']}")
+    print(f"checkpoint: {checkpoint['path']} (epoch {checkpoint['epoch']}, step {checkpoint['step']}), "
+          f"weights sha256 {info['model']['weights'][:12]}")
+    kinds = info["embedding"]["metadata_kinds"]
+    print(f"items: audio{f' + metadata ({kinds})' if kinds else ' only'}")
+    if info["approximate"]:
+        _print_approximate(info["approximate"])
+    else:
+        print("search: exact")
+    return 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    from hybrid_retrieval.embedding import embed_queries
+    from hybrid_retrieval.index import load_index
+
+    index = load_index(args.index)
+    try:
+        model, _ = _load_model(args.checkpoint or index.checkpoint, args.device)
+    except FileNotFoundError as exc:
+        hint = "" if args.checkpoint else " (the index's checkpoint has moved? pass --checkpoint)"
+        print(f"error: {exc}{hint}", file=sys.stderr)
+        return 2
+    index.check_model(model)
+    scores, rows = index.search(embed_queries(model, args.queries, progress=False), args.top, exact=args.exact)
+    for query, row_scores, row_ids in zip(args.queries, scores.tolist(), rows.tolist()):
+        hits = [{"rank": rank, "score": round(score, 4), "id": index.ids[row], "path": index.paths[row]}
+                for rank, (score, row) in enumerate(((s, r) for s, r in zip(row_scores, row_ids) if r >= 0), 1)]
+        if args.json:
+            print(json.dumps({"query": query, "results": hits}))
+            continue
+        print(f"{query!r}")
+        print(f"  {'rank':>4}  {'score':>6}  item")
+        for hit in hits:
+            print(f"  {hit['rank']:>4}  {hit['score']:6.3f}  {hit['id']}")
+    return 0

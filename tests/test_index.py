@@ -1,0 +1,206 @@
+"""The search index: CLI round trip, metadata fusion, model checks, atomic writes, approximate recall."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from hybrid_retrieval import index as index_module
+from hybrid_retrieval.cli import main
+from hybrid_retrieval.embedding import embed_catalogue
+from hybrid_retrieval.index import (
+    SearchIndexError,
+    build_approximate,
+    exact_search,
+    load_catalogue,
+    load_index,
+    recall_at_k,
+)
+from hybrid_retrieval.model import create_model
+from hybrid_retrieval.training.checkpoint import TrainingState, save_checkpoint
+from hybrid_retrieval.training.config import split_config
+from hybrid_retrieval.training.loop import train
+
+ROOT = Path(__file__).resolve().parents[1]
+SR = 32_000
+
+
+@pytest.fixture(scope="module")
+def trained_run(tone_dataset: Path, weights_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A content-only model with frozen towers, trained in-process on the tone dataset."""
+    tmp = tmp_path_factory.mktemp("index_run")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HYBRID_RETRIEVAL_WEIGHTS_DIR", str(weights_dir))
+        patch.setenv("HYBRID_RETRIEVAL_CACHE", str(tmp / "cache"))
+        model_config, train_config = split_config({
+            "dataset": "clotho", "data_root": str(tone_dataset), "batch_size": 16, "epochs": 8,
+            "lr_head": 0.003, "embed_dim": 64, "eval_every": 0, "progress": False,
+            "cache_dir": str(tmp / "features")})
+        train(model_config, train_config, tmp / "run")
+    return tmp / "run"
+
+
+@pytest.fixture(scope="module")
+def fresh_clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Four clips the model never saw, one per sound kind of the tone dataset, under sub-folders."""
+    folder = tmp_path_factory.mktemp("catalogue")
+    t = np.arange(int(SR * 2.3)) / SR
+    kinds = {"x/a.wav": np.sin(2 * np.pi * 120 * t), "x/b.wav": np.sin(2 * np.pi * 2150 * t),
+             "y/c.flac": np.random.default_rng(1).standard_normal(len(t)) * 0.5, "d.wav": np.sin(2 * np.pi * 640 * t)}
+    for name, wave in kinds.items():
+        (folder / name).parent.mkdir(exist_ok=True)
+        sf.write(folder / name, (0.3 * wave).astype(np.float32), SR)
+    (folder / "notes.txt").write_text("not audio")
+    (folder / "broken.wav").write_bytes(b"RIFF nonsense")
+    return folder
+
+
+def test_cli_build_and_search_round_trip(trained_run: Path, fresh_clips: Path, tmp_path: Path,
+                                         offline_weights: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "tones.index"
+    assert main(["index", "build", str(fresh_clips), "--checkpoint", str(trained_run), "--out", str(out)]) == 0
+    assert "indexed 4 items" in capsys.readouterr().out  # broken.wav skipped, notes.txt not audio
+
+    assert main(["search", str(out), "a high whistle sounds", "a low hum drones", "--json", "--top", "3"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["query"] for line in lines] == ["a high whistle sounds", "a low hum drones"]
+    assert lines[0]["results"][0]["id"] == "x/b.wav" and lines[1]["results"][0]["id"] == "x/a.wav"
+    assert [r["rank"] for r in lines[0]["results"]] == [1, 2, 3]
+    assert lines[0]["results"][0]["path"] == str((fresh_clips / "x" / "b.wav").resolve())
+
+    assert main(["search", str(out), "white noise hisses"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0] == "'white noise hisses'" and table[2].split()[:1] == ["1"] and table[2].endswith("y/c.flac")
+
+    assert main(["index", "info", str(out)]) == 0
+    assert "4 items, 64-d" in capsys.readouterr().out
+
+
+def _export(model, folder: Path) -> Path:
+    return save_checkpoint(folder, model, {"audio_pretrained": True}, TrainingState(1, 1), frozen=("audio", "text"))
+
+
+def test_hybrid_index_fuses_dataset_or_csv_metadata(tone_dataset: Path, tmp_path: Path, offline_weights: Path,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    torch.manual_seed(0)
+    model = create_model("mn04_minilm", fusion="late", metadata="os", embed_dim=32).eval()
+    checkpoint = _export(model, tmp_path / "hybrid")
+    out = tmp_path / "hybrid.index"
+    assert main(["index", "build", f"clotho:{tone_dataset}:evaluation", "--checkpoint", str(checkpoint),
+                 "--out", str(out), "--approximate", "hnsw"]) == 0
+    assert "recall@10 1.000 against exact search on 40 queries given" in capsys.readouterr().out  # the captions
+    index = load_index(out)
+    assert len(index) == 8 and index.ids[0] == "evaluation clip 00.wav"
+    assert index.metadata[0] == "low, tone, clip0" and index.info["embedding"]["metadata_kinds"] == "os"
+    expected = embed_catalogue(model, index.paths, index.metadata, progress=False)
+    torch.testing.assert_close(index.embeddings, expected, atol=1e-5, rtol=0)
+    audio_only = embed_catalogue(model, index.paths, None, progress=False)
+    assert (index.embeddings - audio_only).abs().max() > 1e-2  # the metadata moved the items
+
+    csv = tmp_path / "meta.csv"
+    csv.write_text("file_name,keywords,description\nevaluation clip 01.wav,whistle;bright,\n")
+    items = load_catalogue(f"clotho:{tone_dataset}:evaluation", csv)
+    assert items[1].metadata == {"os": ["whistle", "bright"]}  # the CSV replaces the dataset's row
+    assert items[0].metadata_text("os") == "low, tone, clip0"  # items the CSV does not name keep theirs
+    with pytest.raises(ValueError, match="neither a folder nor a dataset split"):
+        load_catalogue("nowhere:at:all")
+
+
+def test_search_refuses_a_different_checkpoint(trained_run: Path, fresh_clips: Path, tmp_path: Path,
+                                               offline_weights: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "tones.index"
+    assert main(["index", "build", str(fresh_clips), "--checkpoint", str(trained_run), "--out", str(out)]) == 0
+    capsys.readouterr()
+    torch.manual_seed(1)
+    other = _export(create_model("mn04_minilm", embed_dim=64).eval(), tmp_path / "other")
+    assert main(["search", str(out), "a high whistle sounds", "--checkpoint", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "built with checkpoint" in err and "projection/fusion weights" in err and "rebuild" in err
+    moved = load_index(out)
+    moved.info["checkpoint"]["path"] = str(tmp_path / "gone")
+    index_module.save_index(moved, out)
+    assert main(["search", str(out), "a high whistle sounds"]) == 2
+    assert "pass --checkpoint" in capsys.readouterr().err
+    assert main(["search", str(out), "a high whistle sounds", "--checkpoint", str(trained_run)]) == 0
+
+
+def _random_index(n: int = 3000, dim: int = 32, seed: int = 0) -> index_module.SearchIndex:
+    """Unit vectors near 40 random directions (clustered, like learned embeddings)."""
+    generator = torch.Generator().manual_seed(seed)
+    centres = torch.randn(40, dim, generator=generator)
+    x = centres[torch.randint(40, (n,), generator=generator)] + 0.5 * torch.randn(n, dim, generator=generator)
+    x = torch.nn.functional.normalize(x, dim=1)
+    info = {"format": index_module.FORMAT, "size": n, "dim": dim, "approximate": None}
+    ids = [f"item{i}" for i in range(n)]
+    return index_module.SearchIndex(x, ids, ids, [""] * n, info)
+
+
+def test_atomic_write_survives_a_crash(tmp_path: Path) -> None:
+    path = tmp_path / "catalogue.index"
+    index_module.save_index(_random_index(200), path)
+    before = path.read_bytes()
+    crash = (
+        "import sys, os\n"
+        "from hybrid_retrieval import index as m\n"
+        "def half(tensors, filename, metadata=None):\n"
+        "    open(filename, 'wb').write(b'partial')\n"
+        "    os._exit(9)  # killed mid-write: no cleanup runs\n"
+        "m.save_file = half\n"
+        "m.save_index(m.load_index(sys.argv[1]), sys.argv[1])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", crash, str(path)], cwd=ROOT, capture_output=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 9, result.stderr.decode()[-2000:]
+    assert path.read_bytes() == before and len(load_index(path)) == 200  # the old index, whole
+    leftovers = [p.name for p in tmp_path.iterdir() if p != path]
+    assert leftovers and all(name.startswith(".catalogue.index.") for name in leftovers)  # hidden temp only
+    with pytest.raises(SearchIndexError, match="no index"):
+        load_index(tmp_path / "new.index")  # a crash before the first rename leaves no index to read
+    (tmp_path / "truncated.index").write_bytes(before[: len(before) // 2])
+    with pytest.raises(SearchIndexError, match="not a readable index"):
+        load_index(tmp_path / "truncated.index")
+
+
+def test_exact_backends_agree_across_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    index = _random_index(1000)
+    queries = index.embeddings[:7] + 0.1
+    monkeypatch.setattr(index_module, "_EXACT_CHUNK", 128)  # force the chunk merge
+    scores_t, rows_t = exact_search(index.embeddings, queries, 10, backend="torch")
+    scores_f, rows_f = exact_search(index.embeddings, queries, 10, backend="faiss")
+    torch.testing.assert_close(scores_t, scores_f, atol=1e-5, rtol=0)
+    full = queries @ index.embeddings.T
+    torch.testing.assert_close(scores_t, full.topk(10, dim=1).values, atol=1e-5, rtol=0)
+    assert recall_at_k(rows_t, rows_f) == 1.0
+    assert exact_search(index.embeddings[:3], queries, 10)[1].shape == (7, 3)  # k above the catalogue size
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_approximate_index_reaches_its_recall_and_round_trips(kind: str, tmp_path: Path) -> None:
+    index = _random_index()
+    generator = torch.Generator().manual_seed(1)
+
+    def off_catalogue_queries(n: int) -> torch.Tensor:  # near items, but not items (like text queries)
+        rows = torch.randint(len(index), (n,), generator=generator)
+        return torch.nn.functional.normalize(index.embeddings[rows] + 0.3 * torch.randn(n, 32, generator=generator), dim=1)
+
+    tuning = off_catalogue_queries(500)
+    index.approximate, settings = build_approximate(index.embeddings, kind, 0.9, tuning, progress=False)
+    index.info["approximate"] = settings
+    assert settings["recall@10"] >= 0.9 and settings["recall_queries"] == {"count": 500, "kind": "queries given"}
+    queries = off_catalogue_queries(300)  # fresh queries of the same kind: the tuned recall holds
+    approx = index.search(queries, 10)[1]
+    assert recall_at_k(approx, index.search(queries, 10, exact=True)[1]) >= 0.85
+
+    _, self_tuned = build_approximate(index.embeddings, kind, 0.9, progress=False)
+    assert self_tuned["recall_queries"] == {"count": 1000, "kind": "catalogue items"}
+    assert self_tuned["recall@10"] >= 0.9
+
+    index_module.save_index(index, tmp_path / "a.index")
+    loaded = load_index(tmp_path / "a.index")
+    assert loaded.info["approximate"] == settings
+    assert torch.equal(loaded.search(queries, 10)[1], approx)  # the tuned setting travels with the index
