@@ -18,7 +18,9 @@ def test_tag_json(shared: Path, capsys, weights_dir: Path) -> None:
         assert set(d) == {"file", "top", "logits"} and len(d["logits"]) == 527 and len(d["top"]) == 5
         assert [label for label, _ in d["top"]] == [label for label, _ in ref[name]["top10"][:5]]
     assert np.abs(np.array(lines[0]["logits"]) - np.array(ref["music.wav"]["logits"])).max() < 1e-3
-    assert lines[0]["top"][0][1] == ref["music.wav"]["top10"][0][1]
+    # both sides are rounded to 6 decimals, and embedding folds the batch norms into the convolutions
+    # (float rounding of ~1e-6 in the logits): agreement to 1e-5 is what can be asked of a probability
+    assert abs(lines[0]["top"][0][1] - ref["music.wav"]["top10"][0][1]) < 1e-5
 
 
 def test_tag_table_and_bad_file(shared: Path, tmp_path: Path, capsys, offline_weights: Path) -> None:
