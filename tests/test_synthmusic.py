@@ -15,6 +15,7 @@ import pytest
 import soundfile as sf
 
 from hybrid_retrieval.data import synthmusic as sm
+from hybrid_retrieval.data import synthmusic_render as smr
 from hybrid_retrieval.data import synthmusic_text as smt
 
 SIZES = dict(n_train=16, n_val=12, n_eval=12)
@@ -233,7 +234,7 @@ class _Crash(RuntimeError):
 
 def test_interrupted_run_is_resumed(hashes, tmp_path, monkeypatch):
     out = tmp_path / "interrupted"
-    real = sm._render_to_file
+    real = smr.render_to_file
     calls = []
 
     def crash_after_six(job):
@@ -242,10 +243,10 @@ def test_interrupted_run_is_resumed(hashes, tmp_path, monkeypatch):
         calls.append(job)
         return real(job)
 
-    monkeypatch.setattr(sm, "_render_to_file", crash_after_six)
+    monkeypatch.setattr(smr, "render_to_file", crash_after_six)
     with pytest.raises(_Crash):
         sm.build_synthmusic(out, workers=1, **PARAMS)
-    monkeypatch.setattr(sm, "_render_to_file", real)
+    monkeypatch.setattr(smr, "render_to_file", real)
     assert not (out / sm.MANIFEST_NAME).exists()
     done = sorted(Path(job[1]) for job in calls)
     assert len(done) == 6

@@ -101,7 +101,7 @@ class MetadataNoise:
 
 
 # ------------------------------------------------------------------------------------------------
-# Paraphrase lexicon. Keys are the canonical factor values of synthmusic.py.
+# Paraphrase lexicon. Keys are the canonical factor values of synthmusic_factors.py.
 
 MOOD_WORDS = {
     "happy": ["happy", "cheerful", "upbeat", "joyful", "bright", "playful", "sunny", "lively", "carefree"],

@@ -6,13 +6,16 @@ tokenisation, as Primus & Widmer do, and cut to 32 tokens by default.
 """
 from __future__ import annotations
 
+import contextlib
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import AutoModel, AutoTokenizer
+from transformers.utils import logging as hf_logging
 
 from hybrid_retrieval.fingerprint import module_state_hash
 from hybrid_retrieval.outputs import TowerOutput
@@ -32,6 +35,20 @@ def resolve_text_model(name_or_path: str) -> str:
     return name_or_path
 
 
+@contextlib.contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """Hide transformers' per-tensor "Loading weights" bar while reading a local folder: a tower is
+    built for every model a script trains, and the read takes well under a second. (Downloads keep
+    their bars: the switch is shared with huggingface_hub, so it is only used for local folders.)"""
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
 def normalize_text(text: str) -> str:
     """Lower-case, replace punctuation by spaces, collapse whitespace ("A dog-bark!" -> "a dog bark")."""
     text = unicodedata.normalize("NFKC", text).lower()
@@ -48,8 +65,9 @@ class TextTower(nn.Module):
             raise ValueError(f"text pooling must be 'mean' or 'cls', not {pooling!r}")
         path = resolve_text_model(name_or_path)
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(path)
-            self.model = AutoModel.from_pretrained(path)
+            with _quiet_loading() if Path(path).is_dir() else contextlib.nullcontext():
+                self.tokenizer = AutoTokenizer.from_pretrained(path)
+                self.model = AutoModel.from_pretrained(path)
         except OSError as exc:
             raise OSError(
                 f"cannot load text model {name_or_path!r}: {exc}\nUse a local folder, the bundled default "
