@@ -49,6 +49,12 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
             os.unlink(tmp)
 
 
+def write_atomic(target: str | Path, data: bytes) -> None:
+    """Write `data` to `target` through :func:`atomic_path` (temporary file, then rename)."""
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(data)
+
+
 @contextlib.contextmanager
 def atomic_directory(target: str | Path) -> Iterator[Path]:
     """Yield a temporary folder beside `target`; on success it replaces `target` (an older folder

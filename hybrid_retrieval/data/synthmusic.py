@@ -109,9 +109,9 @@ from hybrid_retrieval.data.synthmusic_render import (
     render_midi,
     soundfont_bytes,
     soundfont_path,
-    write_atomic,
 )
 from hybrid_retrieval.data.synthmusic_text import MetadataNoise
+from hybrid_retrieval.hub import write_atomic
 
 # The public API of SynthMusic, including what the factor and render modules define.
 __all__ = [

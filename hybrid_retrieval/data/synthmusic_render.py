@@ -28,7 +28,7 @@ from hybrid_retrieval.data.synthmusic_factors import (
     TONICS,
     ClipSpec,
 )
-from hybrid_retrieval.hub import atomic_path
+from hybrid_retrieval.hub import write_atomic
 
 
 def soundfont_path() -> Path:
@@ -39,12 +39,6 @@ def soundfont_path() -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"TimGM6mb.sf2 not found in the pretty_midi package at {path}")
     return path
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to a temporary file beside `path` and rename it into place."""
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
 
 
 # ------------------------------------------------------------------------------------------------
