@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from hybrid_retrieval.audio.io import load_audio
 from hybrid_retrieval.audio.tower import AudioTower
 from hybrid_retrieval.cache import FeatureCache, audio_key
-from hybrid_retrieval.model import RetrievalModel
+from hybrid_retrieval.model import RetrievalModel, metadata_present
 from hybrid_retrieval.outputs import TowerOutput
 from hybrid_retrieval.text.tower import TextTower
 
@@ -82,7 +82,7 @@ def item_embeddings(model: RetrievalModel, audio: Sequence[TowerOutput] | None,
                     metadata: Sequence[TowerOutput] | None = None, present: Tensor | None = None,
                     batch_size: int = 256) -> Tensor:
     """(n_items, embed_dim) normalised item embeddings from per-item tower outputs."""
-    device = model.log_logit_scale.device
+    device = model.device
     n = len(audio) if audio is not None else len(metadata)
     out = []
     for start in range(0, n, batch_size):
@@ -96,16 +96,12 @@ def item_embeddings(model: RetrievalModel, audio: Sequence[TowerOutput] | None,
 
 @torch.inference_mode()
 def query_embeddings(model: RetrievalModel, text: Sequence[TowerOutput], batch_size: int = 1024) -> Tensor:
-    device = model.log_logit_scale.device
+    device = model.device
     out = []
     for start in range(0, len(text), batch_size):
         batch = TowerOutput.collate(text[start:start + batch_size]).to(device)
         out.append(model.embed_queries(batch).cpu())
     return torch.cat(out)
-
-
-def metadata_present(texts: Sequence[str]) -> Tensor:
-    return torch.tensor([bool(t.strip()) for t in texts])
 
 
 def embed_catalogue(model: RetrievalModel, paths: Sequence[str | Path], metadata: Sequence[str] | None = None,
@@ -124,7 +120,7 @@ def embed_catalogue(model: RetrievalModel, paths: Sequence[str | Path], metadata
         audio_store = audio_cache(model.audio_tower, cache_dir, window_seconds)
     if model.uses_metadata:
         texts = list(metadata) if metadata is not None else [""] * len(paths)
-        metadata_tower = model.metadata_tower if model.metadata_tower is not None else model.text_tower
+        metadata_tower = model.metadata_encoder
         text_store = text_cache(metadata_tower, cache_dir, keep_tokens=True)
     parts = [torch.empty(0, model.config.embed_dim)]
     with tqdm(total=len(paths), desc="embedding items", unit="item", disable=not progress) as bar:

@@ -10,7 +10,7 @@ import copy
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from importlib import resources
 
 import torch
@@ -18,13 +18,14 @@ from torch import Tensor, nn
 
 import fusion
 from hybrid_retrieval.audio.tower import AudioTower, create_audio_tower
+from hybrid_retrieval.config_base import StrictConfig
 from hybrid_retrieval.outputs import TowerOutput
 from hybrid_retrieval.projection import Projection
 from hybrid_retrieval.text.tower import DEFAULT_TEXT_MODEL, TextTower
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(StrictConfig):
     """Everything needed to rebuild a model's architecture (saved beside every checkpoint)."""
 
     audio_encoder: str = "efficientat:mn04_as"
@@ -40,17 +41,6 @@ class ModelConfig:
     temperature: float = 0.05
     learn_temperature: bool = False
     min_temperature: float = 0.01  # clamp of a learnable temperature (CLIP's logit-scale cap of 100)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> ModelConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown model config key(s) {unknown}; known: {sorted(known)}")
-        return cls(**data)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def list_models() -> list[str]:
@@ -90,6 +80,42 @@ class RetrievalModel(nn.Module):
             self.log_logit_scale = nn.Parameter(log_scale)
         else:
             self.register_buffer("log_logit_scale", log_scale)
+        self.frozen: tuple[str, ...] = ()  # towers set by freeze(): "audio", "text"
+
+    # -- which tower does what, and which ones train -------------------------------------------
+    @property
+    def metadata_encoder(self) -> TextTower:
+        """The text tower that encodes item metadata: a separate copy, or the query's own."""
+        return self.metadata_tower if self.metadata_tower is not None else self.text_tower
+
+    @property
+    def device(self) -> torch.device:
+        return self.log_logit_scale.device
+
+    def freeze(self, audio: bool = False, text: bool = False) -> RetrievalModel:
+        """Set which towers are frozen (all others train): a frozen tower gets no gradients and
+        stays in eval mode (batch-norm statistics, dropout) when the model trains. `text` covers
+        the separate metadata tower too. The one place that rule lives; checkpoints record it."""
+        self.audio_tower.requires_grad_(not audio)
+        for tower in {id(t): t for t in (self.text_tower, self.metadata_encoder)}.values():
+            tower.requires_grad_(not text)
+        self.frozen = tuple(name for name, flag in (("audio", audio), ("text", text)) if flag)
+        return self.train(self.training)
+
+    def train(self, mode: bool = True) -> RetrievalModel:
+        super().train(mode)
+        if "audio" in self.frozen:
+            self.audio_tower.eval()
+        if "text" in self.frozen:
+            self.text_tower.eval()
+            self.metadata_encoder.eval()
+        return self
+
+    @property
+    def cache_is_valid(self) -> bool:
+        """Whether cached outputs of the pretrained towers stand for this model's towers (both
+        frozen), so evaluation and indexing may read them from a feature cache."""
+        return {"audio", "text"} <= set(self.frozen)
 
     # -- the two halves of the dual encoder -------------------------------------------------
     @property
@@ -99,9 +125,7 @@ class RetrievalModel(nn.Module):
 
     def metadata_features(self, texts: Sequence[str]) -> tuple[TowerOutput, Tensor]:
         """Encode item metadata; returns the tower output and a (batch,) mask of non-empty texts."""
-        tower = self.metadata_tower if self.metadata_tower is not None else self.text_tower
-        present = torch.tensor([bool(t.strip()) for t in texts], device=self.log_logit_scale.device)
-        return tower(texts), present
+        return self.metadata_encoder(texts), metadata_present(texts).to(self.device)
 
     def embed_items(self, audio: TowerOutput | None, metadata: TowerOutput | None = None,
                     present: Tensor | None = None) -> Tensor:
@@ -141,6 +165,11 @@ class RetrievalModel(nn.Module):
     def fingerprint(self) -> dict:
         """Identifies the towers an embedding cache or index was made with."""
         return {**self.audio_tower.fingerprint(), **self.text_tower.fingerprint()}
+
+
+def metadata_present(texts: Sequence[str]) -> Tensor:
+    """(n,) bool: which items have metadata text (the others fall back to their audio)."""
+    return torch.tensor([bool(t.strip()) for t in texts])
 
 
 def create_model(name: str | ModelConfig = "mn04_minilm", pretrained: bool = True,

@@ -33,9 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    model, saved = load_checkpoint(args.checkpoint, device=resolve_device(args.device))
+    model, _ = load_checkpoint(args.checkpoint, device=resolve_device(args.device))
     items = load_split(args.dataset, args.root, args.split)
-    cache = args.cache_dir if len(saved.get("frozen_towers", {})) == 2 else None
+    cache = args.cache_dir if model.cache_is_valid else None
     metrics = evaluate(model, items, cache, progress=not args.json)
     owners, _ = caption_pairs(items)
     baseline = random_baseline(len(items), owners)

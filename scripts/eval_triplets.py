@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from hybrid_retrieval.disentangled.benchmark import ROWS, markdown_table, mean_over_seeds, run_triplet_benchmark
+from hybrid_retrieval.disentangled.benchmark import ROWS, triplet_table, mean_over_seeds, run_triplet_benchmark
 from hybrid_retrieval.disentangled.evaluation import DEFAULT_TRIPLETS
 
 
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
                for seed in range(args.seeds)]
     result = mean_over_seeds(results) if args.seeds > 1 else results[0]
     total = time.perf_counter() - started
-    table = markdown_table(result)
+    table = triplet_table(result)
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

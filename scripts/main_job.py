@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         resolve_weights("mn04_as")
         pretrained = True
     except WeightsNotFoundError as exc:
-        print(f"note: {str(exc).split('. Download')[0]}; the audio tower trains from random initialisation "
+        print(f"note: {exc.reason}; the audio tower trains from random initialisation "
               "(fewer epochs to fit the CPU budget; the fusion table is skipped)")
         pretrained = False
     train_args = ["scripts/train.py", "with", "synthmusic", "content_only", "progress=False"]

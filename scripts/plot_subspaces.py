@@ -22,7 +22,7 @@ from sklearn.decomposition import PCA  # noqa: E402
 
 from hybrid_retrieval.disentangled.checkpoint import find_model, load_model  # noqa: E402
 from hybrid_retrieval.disentangled.conditions import TEMPO  # noqa: E402
-from hybrid_retrieval.disentangled.features import load_split, segment_frames  # noqa: E402
+from hybrid_retrieval.disentangled.features import load_track_features, segment_frames  # noqa: E402
 from hybrid_retrieval.disentangled.model import embed_tracks  # noqa: E402
 
 
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 
     model, source, config = load_model(args.checkpoint)
     conditions = model.config.conditions
-    data = load_split(source, args.data_root, args.split, conditions, config["train"].get("label_columns"),
+    data = load_track_features(source, args.data_root, args.split, conditions, config["train"].get("label_columns"),
                       args.cache_dir)
     embeddings = embed_tracks(model, data.sequences, segment_frames(model.config.segment_seconds, source.frame_seconds))
 

@@ -7,47 +7,41 @@
 
 Every key of TrainConfig (hybrid_retrieval/training/config.py) and ModelConfig
 (hybrid_retrieval/model.py) can be set with `with key=value`; model keys left at null come from
-the base model config named by `model`. Named configs are the YAML files in configs/. Runs are
+the base model config named by `model`. Named configs are the YAML files in configs/
+(hybrid_retrieval.experiments.config). Runs are
 recorded by a FileStorageObserver under runs/ (override with HYBRID_RETRIEVAL_RUNS).
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
 from dataclasses import fields
-from pathlib import Path
 
 from sacred import Experiment
-from sacred.observers import FileStorageObserver
 
 from hybrid_retrieval.distributed import is_main_process
+from hybrid_retrieval.experiments.config import register_named_configs
+from hybrid_retrieval.experiments.runs import observe, plain_config, run_directory
 from hybrid_retrieval.model import ModelConfig
 from hybrid_retrieval.training.config import TrainConfig, split_config
 from hybrid_retrieval.training.loop import train
-
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 ex = Experiment("hybrid_retrieval", save_git_info=False)
 MODEL_KEYS = {f.name for f in fields(ModelConfig)}
 # Model keys default to "unset" (null, or {} for the options dict, which sacred must see as a
 # dict to accept nested keys): unset keys come from the base model config named by `model`.
 ex.add_config({**TrainConfig().to_dict(), **{k: {} if k == "fusion_options" else None for k in MODEL_KEYS}})
-for path in sorted(CONFIGS.glob("*.yaml")):
-    ex.add_named_config(path.stem, str(path))
+register_named_configs(ex, "retrieval")
 
 
 @ex.main
 def main(_config: dict, _run, fusion_options: dict) -> dict:
     # `fusion_options` is named here so sacred accepts nested keys that configs add to it
     # (e.g. fusion_options.mid.width); its value is read from _config with everything else.
-    flat = json.loads(json.dumps(_config))  # sacred's read-only containers -> plain data
-    flat = {k: v for k, v in flat.items() if k not in MODEL_KEYS or v not in (None, {})}
+    flat = {k: v for k, v in plain_config(_config).items() if k not in MODEL_KEYS or v not in (None, {})}
     model_config, train_config = split_config(flat)
-    observer_dirs = [o.dir for o in _run.observers if getattr(o, "dir", None)]
-    run_dir = Path(observer_dirs[0]) if observer_dirs else Path(os.environ.get("HYBRID_RETRIEVAL_RUNS", "runs")) / "unobserved"
-    return train(model_config, train_config, run_dir)
+    return train(model_config, train_config, run_directory(_run))
 
 
 def _translate_resume(argv: list[str]) -> list[str]:
@@ -67,5 +61,5 @@ def _translate_resume(argv: list[str]) -> list[str]:
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if is_main_process() and int(os.environ.get("RANK", "0")) == 0:
-        ex.observers.append(FileStorageObserver(os.environ.get("HYBRID_RETRIEVAL_RUNS", "runs")))
+        observe(ex)
     ex.run_commandline(_translate_resume(sys.argv))

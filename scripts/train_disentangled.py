@@ -7,7 +7,7 @@
     python scripts/train_disentangled.py with export_default=True     # also the `similar` command's default
     python scripts/train_disentangled.py with encoder=melcnn epochs=30  # small CNN on log-mels, from scratch
 
-Every key of TrainConfig (hybrid_retrieval/disentangled/training.py) and ModelConfig
+Every key of CSNTrainConfig (hybrid_retrieval/disentangled/training.py) and CSNConfig
 (hybrid_retrieval/disentangled/model.py) can be set with `with key=value`, e.g.
 `track_weight=0.5 condition_weights.tempo=2.0`. Named configs are the YAML files in
 configs/disentangled/. Runs are recorded by a FileStorageObserver under runs/ (override with
@@ -15,41 +15,33 @@ HYBRID_RETRIEVAL_RUNS); the model is saved to the run's directory as model/.
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
 import sys
-from pathlib import Path
 
 import torch
 from sacred import Experiment
-from sacred.observers import FileStorageObserver
 
-from hybrid_retrieval.disentangled.model import ModelConfig
-from hybrid_retrieval.disentangled.training import TrainConfig, split_config, train_disentangled
-
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "disentangled"
+from hybrid_retrieval.disentangled.model import CSNConfig
+from hybrid_retrieval.disentangled.training import CSNTrainConfig, split_csn_config, train_disentangled
+from hybrid_retrieval.experiments.config import register_named_configs
+from hybrid_retrieval.experiments.runs import observe, plain_config, run_directory
 
 ex = Experiment("disentangled_similarity", save_git_info=False)
-ex.add_config({**ModelConfig().to_dict(), **TrainConfig().to_dict()})
-for path in sorted(CONFIGS.glob("*.yaml")):
-    ex.add_named_config(path.stem, str(path))
+ex.add_config({**CSNConfig().to_dict(), **CSNTrainConfig().to_dict()})
+register_named_configs(ex, "disentangled")
 
 
 @ex.main
 def main(_config: dict, _run, condition_weights: dict, label_columns: dict) -> dict:
     # The dicts are named here so that sacred accepts nested keys (condition_weights.tempo=2.0);
     # their values are read from _config with everything else.
-    flat = json.loads(json.dumps(_config))  # sacred's read-only containers -> plain data
-    model_config, train_config = split_config(flat)
-    observer_dirs = [o.dir for o in _run.observers if getattr(o, "dir", None)]
-    run_dir = Path(observer_dirs[0]) if observer_dirs else Path(os.environ.get("HYBRID_RETRIEVAL_RUNS", "runs")) / "unobserved"
-    return train_disentangled(model_config, train_config, run_dir)
+    model_config, train_config = split_csn_config(plain_config(_config))
+    return train_disentangled(model_config, train_config, run_directory(_run))
 
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     # The heads and losses are small: on a shared CPU, one thread beats two that wait on each other.
     torch.set_num_threads(1)
-    ex.observers.append(FileStorageObserver(os.environ.get("HYBRID_RETRIEVAL_RUNS", "runs")))
+    observe(ex)
     ex.run_commandline(sys.argv)

@@ -13,7 +13,7 @@ from hybrid_retrieval.disentangled.conditions import TempoTolerance, estimate_te
 from hybrid_retrieval.disentangled.features import min_shift, sample_segment_pair, tile_starts
 from hybrid_retrieval.disentangled.losses import (ConditionTriplet, TempoTripletMiner, TrackRegularization,
                                                   TripletBatch, build_loss)
-from hybrid_retrieval.disentangled.model import ConditionalSimilarityNet, ModelConfig, fixed_masks
+from hybrid_retrieval.disentangled.model import ConditionalSimilarityNet, CSNConfig, fixed_masks
 from hybrid_retrieval.disentangled.training import sample_segments
 
 CONDITIONS = ["genre", "mood", "instrument", "tempo"]
@@ -32,15 +32,15 @@ def test_fixed_masks_are_disjoint_and_cover(n: int, dim: int) -> None:
 
 
 def test_mask_kinds_and_invalid_configs() -> None:
-    assert torch.equal(ConditionalSimilarityNet(ModelConfig(masks="none"), 8).masks(), torch.ones(4, 256))
-    learned = ConditionalSimilarityNet(ModelConfig(masks="learned"), 8)
+    assert torch.equal(ConditionalSimilarityNet(CSNConfig(masks="none"), 8).masks(), torch.ones(4, 256))
+    learned = ConditionalSimilarityNet(CSNConfig(masks="learned"), 8)
     assert learned.masks().min() >= 0 and learned.mask_weights.requires_grad
-    separate = ConditionalSimilarityNet(ModelConfig(heads="separate"), 8)
+    separate = ConditionalSimilarityNet(CSNConfig(heads="separate"), 8)
     assert len(separate.heads) == 4 and separate(torch.randn(2, 9, 8)).shape == (2, 256)
     for bad in ({"embed_dim": 250}, {"heads": "separate", "masks": "none"}, {"conditions": ["genre", "genre"]},
                 {"masks": "soft"}):
         with pytest.raises(ValueError):
-            ModelConfig(**bad)
+            CSNConfig(**bad)
 
 
 def _batch(rows: int = 24, dim: int = 256) -> TripletBatch:
@@ -189,7 +189,7 @@ def tiny_synthmusic(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_tiny_benchmark_and_similar_cli(tiny_synthmusic: Path, offline_weights: Path, tmp_path: Path,
                                         capsys: pytest.CaptureFixture) -> None:
-    from hybrid_retrieval.disentangled.benchmark import markdown_table, run_triplet_benchmark
+    from hybrid_retrieval.disentangled.benchmark import triplet_table, run_triplet_benchmark
     from hybrid_retrieval.disentangled.checkpoint import default_checkpoint
 
     models = tmp_path / "models"
@@ -199,7 +199,7 @@ def test_tiny_benchmark_and_similar_cli(tiny_synthmusic: Path, offline_weights: 
     for row in result["rows"]:
         assert all(0.0 <= row[c] <= 1.0 for c in CONDITIONS + ["mean"])
     assert set(result["seconds"]["train"]) == {"csn_track", "csn", "unmasked", "specialised"}
-    table = markdown_table(result)
+    table = triplet_table(result)
     assert table.count("\n") == 5 and "| genre | mood | instrument | tempo | mean |" in table
 
     # a folder of wavs, one of them longer than a clip (embedded as the mean of its segments)
@@ -241,9 +241,9 @@ def test_train_disentangled_installs_the_default_model(tiny_synthmusic: Path, of
                                                        tmp_path: Path) -> None:
     from hybrid_retrieval.disentangled.checkpoint import default_checkpoint, load_model
     from hybrid_retrieval.disentangled.search import SimilaritySearch
-    from hybrid_retrieval.disentangled.training import split_config, train_disentangled
+    from hybrid_retrieval.disentangled.training import split_csn_config, train_disentangled
 
-    model_config, train_config = split_config({"data_root": str(tiny_synthmusic), "cache_dir": None, "epochs": 2,
+    model_config, train_config = split_csn_config({"data_root": str(tiny_synthmusic), "cache_dir": None, "epochs": 2,
                                                "batch_size": 8, "masks": "learned", "mask_l1": 1e-3,
                                                "progress": False, "export_default": True})
     metrics = train_disentangled(model_config, train_config, tmp_path / "run")
@@ -258,4 +258,4 @@ def test_train_disentangled_installs_the_default_model(tiny_synthmusic: Path, of
     matches = search.query(wavs[1], condition="genre", top=5)
     assert len(matches) == 5 and str(wavs[1].resolve()) not in [m.path for m in matches]
     with pytest.raises(ValueError, match="unknown config key"):
-        split_config({"epochz": 3})
+        split_csn_config({"epochz": 3})

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from hybrid_retrieval import hub
+from hybrid_retrieval.errors import NotFoundError
 
 RELEASE_URL = "https://github.com/fschmid56/EfficientAT/releases/download/v0.0.1/"
 
@@ -39,8 +40,13 @@ PRETRAINED: dict[str, PretrainedWeights] = {
 }
 
 
-class WeightsNotFoundError(FileNotFoundError):
-    """The weights file is nowhere to be found and cannot be downloaded."""
+class WeightsNotFoundError(NotFoundError):
+    """The weights file is nowhere to be found and cannot be downloaded. `reason` is the first
+    part of the message alone (which file, why not downloaded), for a one-line note."""
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason or message
 
 
 def weights_cache_dir() -> Path:
@@ -71,11 +77,10 @@ def resolve_weights(name: str, path: str | Path | None = None, download: bool = 
             return hub.download(spec.url, cached, spec.sha256)
         except Exception as exc:  # offline, DNS failure, HTTP error, hash mismatch
             reason = f"download failed: {exc}"
+    summary = f"weights {spec.filename} for {name} not found ({reason})"
     raise WeightsNotFoundError(
-        f"weights {spec.filename} for {name} not found ({reason}). Download {spec.url} and put it in "
-        f"{weights_cache_dir()} or in a directory named by HYBRID_RETRIEVAL_WEIGHTS_DIR, or pass its path "
-        f"explicitly (--weights PATH)."
-    )
+        f"{summary}. Download {spec.url} and put it in {weights_cache_dir()} or in a directory named by "
+        f"HYBRID_RETRIEVAL_WEIGHTS_DIR, or pass its path explicitly (--weights PATH).", reason=summary)
 
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

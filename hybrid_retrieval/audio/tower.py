@@ -25,7 +25,8 @@ from hybrid_retrieval.fingerprint import module_state_hash
 from hybrid_retrieval.outputs import TowerOutput
 
 
-# Audio per forward pass on a CPU: 4 clips of 10 s at 32 kHz (measured, BENCHMARKS.md).
+# Audio per forward pass on a CPU: 4 clips of 10 s at 32 kHz; larger passes ran slower per clip,
+# their activations no longer fitting the caches (BENCHMARKS.md, "Audio embedding throughput").
 CPU_FORWARD_SAMPLES = 4 * 10 * 32_000
 
 
@@ -66,10 +67,9 @@ class AudioTower(nn.Module):
         """An eval-mode copy of this tower for embedding: every batch norm that follows a
         convolution folded into it (torch's fuse_conv_bn_eval), and the weights in channels-last
         layout, the fast path of oneDNN (CPU) and cuDNN convolutions, which carries through the
-        network. Outputs equal the eval-mode tower's up to float rounding. Together the two gave
-        2.8x the clips/s of a per-clip loop at batch 32 on 2 CPU cores, against 1.7x without
-        them (BENCHMARKS.md). Made afresh per call, so it always has the current weights and
-        leaves the tower itself (and its mode) untouched.
+        network. Outputs equal the eval-mode tower's up to float rounding; what each choice gives
+        is measured in BENCHMARKS.md. Made afresh per call, so it always has the current weights
+        and leaves the tower itself (and its mode) untouched.
         """
         runner = copy.deepcopy(self).eval()
         _fold_batch_norms(runner)
@@ -77,19 +77,21 @@ class AudioTower(nn.Module):
 
     @torch.inference_mode()
     def embed_waveforms(self, waveforms: Sequence[np.ndarray | Tensor], batch_size: int = 32,
-                        window_seconds: float | None = None) -> list[TowerOutput]:
+                        window_seconds: float | None = None, *, max_forward_samples: int | None = None,
+                        runner: nn.Module | None = None) -> list[TowerOutput]:
         """Embed clips of any lengths in eval mode; one single-example TowerOutput per clip.
 
         Clips are grouped by exact length and run `batch_size` at a time, so a clip's embedding
         does not depend on what else is in the batch. With `window_seconds`, a longer clip is cut
         into windows (the last one aligned to the clip's end): tokens are concatenated, the
-        embedding and logits averaged. On a CPU a forward pass holds at most CPU_FORWARD_SAMPLES
-        of audio whatever `batch_size`: larger ones run slower per clip, their activations no
-        longer fitting the caches (BENCHMARKS.md: 32 10-s clips in one forward ran at about half
-        the clips/s of 4 at a time). The forward passes run on `inference_copy()`.
+        embedding and logits averaged. A forward pass holds at most `max_forward_samples` of audio
+        whatever `batch_size` (default: CPU_FORWARD_SAMPLES on a CPU, no cap on a GPU). The
+        forward passes run on `runner` (default: `inference_copy()`).
         """
-        runner = self.inference_copy()
+        runner = runner if runner is not None else self.inference_copy()
         device = next(self.parameters()).device
+        if max_forward_samples is None and device.type == "cpu":
+            max_forward_samples = CPU_FORWARD_SAMPLES
         window = int(window_seconds * self.sample_rate) if window_seconds else None
         pieces: list[tuple[int, Tensor]] = []  # (clip index, waveform piece)
         for i, wave in enumerate(waveforms):
@@ -104,8 +106,8 @@ class AudioTower(nn.Module):
         piece_out: dict[int, TowerOutput] = {}
         for length, idx in by_length.items():
             per_forward = batch_size
-            if device.type == "cpu":
-                per_forward = max(1, min(batch_size, CPU_FORWARD_SAMPLES // length))
+            if max_forward_samples is not None:
+                per_forward = max(1, min(batch_size, max_forward_samples // length))
             for start in range(0, len(idx), per_forward):
                 chunk = idx[start:start + per_forward]
                 batch = torch.stack([pieces[p][1] for p in chunk]).to(device)

@@ -14,30 +14,21 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 from hybrid_retrieval.disentangled.checkpoint import save_model
 from hybrid_retrieval.disentangled.evaluation import DEFAULT_TRIPLETS, evaluate_triplets
-from hybrid_retrieval.disentangled.features import create_source, load_split
-from hybrid_retrieval.disentangled.training import fit, split_config
+from hybrid_retrieval.disentangled.features import create_source, load_track_features
+from hybrid_retrieval.disentangled.training import fit, split_csn_config
+from hybrid_retrieval.experiments.config import compose, merge
 
 log = logging.getLogger("hybrid_retrieval")
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "disentangled"
 ROWS = {
     "csn_track": "CSN + track regularization",
     "csn": "CSN",
     "unmasked": "single unmasked space",
     "specialised": "specialised model per condition",
 }
-
-
-def named_config(name: str) -> dict:
-    """The flat config of configs/disentangled/NAME.yaml."""
-    path = CONFIG_DIR / f"{name}.yaml"
-    if not path.is_file():
-        raise ValueError(f"no named config {name!r} ({path}); known: {sorted(p.stem for p in CONFIG_DIR.glob('*.yaml'))}")
-    return yaml.safe_load(path.read_text()) or {}
 
 
 def run_triplet_benchmark(data_root: str | Path = "data/synthmusic", cache_dir: str | Path | None = ".cache/features",
@@ -70,10 +61,10 @@ def _run(data_root: str | Path, cache_dir: str | Path | None, seed: int, configs
          overrides: dict | None, out_dir: str | Path | None, train_split: str, eval_split: str,
          progress: bool) -> dict:
     started = time.perf_counter()
-    flats = {name: {**named_config(name), **(overrides or {}), "seed": seed, "data_root": str(data_root),
-                    "cache_dir": None if cache_dir is None else str(cache_dir), "train_split": train_split,
-                    "progress": progress} for name in configs}
-    parsed = {name: split_config(flat) for name, flat in flats.items()}
+    fixed = {"seed": seed, "data_root": str(data_root), "cache_dir": None if cache_dir is None else str(cache_dir),
+             "train_split": train_split, "progress": progress}
+    flats = {name: compose([name], merge(overrides or {}, fixed), group="disentangled") for name in configs}
+    parsed = {name: split_csn_config(flat) for name, flat in flats.items()}
     first_model, first_train = next(iter(parsed.values()))
     for name, (model_config, train_config) in parsed.items():
         if (model_config.encoder, model_config.audio_encoder, model_config.conditions, train_config.label_columns) != (
@@ -83,8 +74,8 @@ def _run(data_root: str | Path, cache_dir: str | Path | None, seed: int, configs
     source = create_source(first_model.encoder, first_model.audio_encoder, first_train.audio_weights)
     load = dict(conditions=first_model.conditions, label_columns=first_train.label_columns, cache_dir=cache_dir,
                 limit=first_train.limit_items, progress=progress)
-    train_data = load_split(source, data_root, train_split, **load)
-    eval_data = load_split(source, data_root, eval_split, **load)
+    train_data = load_track_features(source, data_root, train_split, **load)
+    eval_data = load_track_features(source, data_root, eval_split, **load)
     seconds: dict = {"features": time.perf_counter() - started, "train": {}, "evaluate": 0.0}
     rows = []
     for name, (model_config, train_config) in parsed.items():
@@ -118,7 +109,7 @@ def mean_over_seeds(results: list[dict]) -> dict:
     return merged
 
 
-def markdown_table(result: dict) -> str:
+def triplet_table(result: dict) -> str:
     """The benchmark's rows as a Markdown table of accuracies in % (mean ± std where rows have stds)."""
     columns = [*result["conditions"], "mean"]
     lines = ["| model | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]

@@ -19,7 +19,7 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 
 from hybrid_retrieval.disentangled.features import FeatureSource, create_source
-from hybrid_retrieval.disentangled.model import ConditionalSimilarityNet, ModelConfig
+from hybrid_retrieval.disentangled.model import ConditionalSimilarityNet, CSNConfig
 from hybrid_retrieval.fingerprint import fingerprint_hash, module_state_hash
 from hybrid_retrieval.hub import atomic_directory, cache_dir
 
@@ -77,7 +77,7 @@ def load_model(path: str | Path | None = None, weights: str | None = None,
     config = json.loads((directory / "config.json").read_text())
     if config.get("format") != FORMAT:
         raise ValueError(f"{directory} is not a similarity model of format {FORMAT} (found {config.get('format')})")
-    model_config = ModelConfig.from_dict(config["model"])
+    model_config = CSNConfig.from_dict(config["model"])
     source = create_source(model_config.encoder, model_config.audio_encoder,
                            weights or config["train"].get("audio_weights"), window_seconds)
     if source.fingerprint() != config["features"]:

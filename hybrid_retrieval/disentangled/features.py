@@ -110,7 +110,7 @@ class TrackFeatures:
     sequences: list[Tensor]
 
 
-def load_split(source: FeatureSource, data_root: str | Path, split: str, conditions: Sequence[str],
+def load_track_features(source: FeatureSource, data_root: str | Path, split: str, conditions: Sequence[str],
                label_columns: dict[str, str] | None = None, cache_dir: str | Path | None = None,
                limit: int | None = None, progress: bool = False) -> TrackFeatures:
     """A split's labels (:func:`load_labels`) and its tracks' feature sequences."""

@@ -13,12 +13,13 @@ own head, so training them together is training them apart (each on the same bat
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hybrid_retrieval.config_base import StrictConfig
 from hybrid_retrieval.disentangled.conditions import DEFAULT_CONDITIONS
 from hybrid_retrieval.disentangled.features import tile_starts
 
@@ -28,7 +29,7 @@ ALL = "all"  # pseudo-condition: the mean of every condition's similarity
 
 
 @dataclass
-class ModelConfig:
+class CSNConfig(StrictConfig):
     conditions: list[str] = field(default_factory=lambda: list(DEFAULT_CONDITIONS))
     embed_dim: int = 256
     masks: str = "fixed"  # fixed | learned | none
@@ -50,13 +51,6 @@ class ModelConfig:
         if self.masks != "none" and self.embed_dim % len(self.conditions):
             raise ValueError(f"embed_dim {self.embed_dim} does not split into {len(self.conditions)} equal subspaces")
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> ModelConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 def fixed_masks(n_conditions: int, embed_dim: int) -> Tensor:
@@ -106,7 +100,7 @@ class MelCNN(nn.Module):
 class ConditionalSimilarityNet(nn.Module):
     """Segments (batch, frames, input_dim) -> embeddings (batch, embed_dim), and masked subspaces."""
 
-    def __init__(self, config: ModelConfig, input_dim: int) -> None:
+    def __init__(self, config: CSNConfig, input_dim: int) -> None:
         super().__init__()
         self.config = config
         n = len(config.conditions)

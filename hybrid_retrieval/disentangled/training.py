@@ -1,8 +1,8 @@
 """Training a conditional similarity network on labelled tracks.
 
 An experiment config (configs/disentangled/*.yaml, sacred `with key=value`) is one flat mapping
-of the keys of :class:`~hybrid_retrieval.disentangled.model.ModelConfig` and of
-:class:`TrainConfig` below. Each epoch visits every track once, in batches of `batch_size`
+of the keys of :class:`~hybrid_retrieval.disentangled.model.CSNConfig` and of
+:class:`CSNTrainConfig` below. Each epoch visits every track once, in batches of `batch_size`
 tracks; each track gives one random segment (for the condition terms) and, when track
 regularization is on, a second one overlapping the first by at most `max_overlap`.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from hybrid_retrieval.config_base import StrictConfig, partition_keys
 from hybrid_retrieval.disentangled.checkpoint import default_checkpoint, save_model
 from hybrid_retrieval.disentangled.conditions import (
     DEFAULT_CONDITIONS,
@@ -31,19 +32,18 @@ from hybrid_retrieval.disentangled.features import (
     FeatureSource,
     TrackFeatures,
     create_source,
-    load_split,
+    load_track_features,
     sample_segment_pair,
     segment_frames,
 )
 from hybrid_retrieval.disentangled.losses import TripletBatch, build_loss
-from hybrid_retrieval.disentangled.model import ConditionalSimilarityNet, ModelConfig
-from hybrid_retrieval.training.config import partition_keys
+from hybrid_retrieval.disentangled.model import ConditionalSimilarityNet, CSNConfig
 
 log = logging.getLogger("hybrid_retrieval")
 
 
 @dataclass
-class TrainConfig:
+class CSNTrainConfig(StrictConfig):
     # data: SynthMusic's layout (factors_{split}.csv beside clotho_audio_{split}/)
     data_root: str = "data/synthmusic"
     train_split: str = "development"
@@ -69,18 +69,15 @@ class TrainConfig:
     progress: bool = True
     export_default: bool = False  # also install the model as the `similar` command's default
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
     @property
     def tolerance(self) -> TempoTolerance:
         return TempoTolerance(self.tempo_positive, self.tempo_negative)
 
 
-def split_config(flat: dict) -> tuple[ModelConfig, TrainConfig]:
-    """Split a flat experiment config into (ModelConfig, TrainConfig); unknown keys are an error."""
-    model_part, train_part = partition_keys(flat, ModelConfig, TrainConfig)
-    model, train = ModelConfig(**model_part), TrainConfig(**train_part)
+def split_csn_config(flat: dict) -> tuple[CSNConfig, CSNTrainConfig]:
+    """Split a flat experiment config into (CSNConfig, CSNTrainConfig); unknown keys are an error."""
+    model_part, train_part = partition_keys(flat, CSNConfig, CSNTrainConfig)
+    model, train = CSNConfig(**model_part), CSNTrainConfig(**train_part)
     if train.mask_l1 and model.masks != "learned":
         raise ValueError("mask_l1 applies to learned masks only (masks=learned)")
     return model, train
@@ -106,7 +103,7 @@ def sample_segments(sequences: list[Tensor], idx: np.ndarray, length: int, max_o
     return torch.stack(first + second), tracks
 
 
-def fit(model_config: ModelConfig, train_config: TrainConfig, source: FeatureSource,
+def fit(model_config: CSNConfig, train_config: CSNTrainConfig, source: FeatureSource,
         data: TrackFeatures) -> tuple[ConditionalSimilarityNet, list[dict]]:
     """Train a model from scratch on `data`; returns it and the mean loss terms per epoch."""
     torch.manual_seed(train_config.seed)
@@ -145,18 +142,18 @@ def fit(model_config: ModelConfig, train_config: TrainConfig, source: FeatureSou
     return model.eval(), history
 
 
-def train_disentangled(model_config: ModelConfig, train_config: TrainConfig, run_dir: str | Path) -> dict:
+def train_disentangled(model_config: CSNConfig, train_config: CSNTrainConfig, run_dir: str | Path) -> dict:
     """Train, report the validation split's triplet accuracy, save the model to `run_dir`/model
     (and, with export_default, to the `similar` command's default checkpoint); returns metrics."""
     started = time.perf_counter()
     source = create_source(model_config.encoder, model_config.audio_encoder, train_config.audio_weights)
     load = dict(conditions=model_config.conditions, label_columns=train_config.label_columns,
                 cache_dir=train_config.cache_dir, limit=train_config.limit_items, progress=train_config.progress)
-    data = load_split(source, train_config.data_root, train_config.train_split, **load)
+    data = load_track_features(source, train_config.data_root, train_config.train_split, **load)
     model, history = fit(model_config, train_config, source, data)
     metrics: dict = {"loss": history[-1]}
     if train_config.val_split:
-        val = load_split(source, train_config.data_root, train_config.val_split, **load)
+        val = load_track_features(source, train_config.data_root, train_config.val_split, **load)
         metrics["val_triplet_accuracy"] = evaluate_triplets(model, source, val, seed=train_config.seed,
                                                             tolerance=train_config.tolerance)
     metrics["seconds"] = round(time.perf_counter() - started, 1)

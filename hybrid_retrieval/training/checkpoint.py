@@ -73,9 +73,11 @@ def set_rng_state(state: dict[str, torch.Tensor]) -> None:
 
 
 def save_checkpoint(directory: str | Path, model: RetrievalModel, train_config: dict, state: TrainingState,
-                    frozen: tuple[str, ...] = (), metrics: dict | None = None) -> Path:
+                    frozen: tuple[str, ...] | None = None, metrics: dict | None = None) -> Path:
     """Write checkpoint `directory` atomically. `frozen` names towers ("audio", "text") whose
-    weights are unchanged pretrained ones: they are stored as fingerprints only."""
+    weights are unchanged pretrained ones (default: the towers `model.freeze` froze): they are
+    stored as fingerprints only."""
+    frozen = model.frozen if frozen is None else frozen
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     skip = tuple(FROZEN_PREFIXES[name] for name in frozen)
@@ -110,6 +112,11 @@ def _untie(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         out[key] = value.clone() if ident in seen else value
         seen.setdefault(ident, key)
     return out
+
+
+def frozen_towers(config: dict) -> tuple[str, ...]:
+    """The towers ("audio", "text") a checkpoint's config.json records as frozen pretrained ones."""
+    return tuple(config.get("frozen_towers", {}))
 
 
 def find_checkpoint(path: str | Path) -> Path:
@@ -152,6 +159,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
     if missing or unexpected:
         raise ValueError(f"checkpoint {directory} does not fit its model config: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}")
+    model.freeze(audio="audio" in frozen, text="text" in frozen)
     return model.to(device), config
 
 

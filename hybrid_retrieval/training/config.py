@@ -7,13 +7,14 @@ run. `model` names the base model config the model keys override.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
+from hybrid_retrieval.config_base import StrictConfig, partition_keys
 from hybrid_retrieval.model import ModelConfig, get_model_config
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(StrictConfig):
     # data
     dataset: str = "synthmusic"  # clotho | audiocaps | synthmusic
     data_root: str = "data/synthmusic"
@@ -48,21 +49,6 @@ class TrainConfig:
     eval_every: int = 1  # validate every N epochs (0: only at the end)
     resume: str | None = None  # run or checkpoint directory to continue from
     progress: bool = True
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def partition_keys(flat: dict, model_class: type, train_class: type) -> tuple[dict, dict]:
-    """The keys of a flat experiment config (sacred's) that are fields of each dataclass; a key
-    of neither is an error listing both key sets (keys starting with "_" are sacred's own)."""
-    model_keys = {f.name for f in fields(model_class)}
-    train_keys = {f.name for f in fields(train_class)}
-    unknown = sorted(k for k in flat if k not in model_keys | train_keys and not k.startswith("_"))
-    if unknown:
-        raise ValueError(f"unknown config key(s) {unknown}; model keys: {sorted(model_keys)}; "
-                         f"training keys: {sorted(train_keys)}")
-    return ({k: v for k, v in flat.items() if k in model_keys}, {k: v for k, v in flat.items() if k in train_keys})
 
 
 def split_config(flat: dict) -> tuple[ModelConfig, TrainConfig]:

@@ -12,8 +12,8 @@ from torch.utils.data import Dataset
 
 from hybrid_retrieval.audio.io import load_audio
 from hybrid_retrieval.data.items import CatalogueItem
-from hybrid_retrieval.embedding import audio_outputs, metadata_present, text_outputs
-from hybrid_retrieval.model import RetrievalModel
+from hybrid_retrieval.embedding import audio_outputs, text_outputs
+from hybrid_retrieval.model import RetrievalModel, metadata_present
 from hybrid_retrieval.outputs import TowerOutput
 
 
@@ -57,13 +57,14 @@ def collate_pairs(examples: list[dict]) -> dict:
 
 
 class FeatureProvider:
-    """The model's inputs for a batch of pairs: cached tower outputs for frozen towers, raw
-    inputs (waveforms, strings) for towers that train; `RetrievalModel.forward` takes either."""
+    """The model's inputs for a batch of pairs: cached tower outputs for the towers the model has
+    frozen (`RetrievalModel.freeze`), raw inputs (waveforms, strings) for towers that train;
+    `RetrievalModel.forward` takes either."""
 
     def __init__(self, model: RetrievalModel, items: list[CatalogueItem], captions: list[str],
-                 freeze_audio: bool, freeze_text: bool, cache_dir: str | None, progress: bool = True) -> None:
+                 cache_dir: str | None, progress: bool = True) -> None:
         self.model, self.captions = model, captions
-        self.freeze_audio, self.freeze_text = freeze_audio, freeze_text
+        freeze_audio, freeze_text = "audio" in model.frozen, "text" in model.frozen
         kinds = model.config.metadata
         self.metadata_texts = [item.metadata_text(kinds) for item in items] if model.uses_metadata else None
         self.audio = self.caption_feats = self.meta_feats = None
@@ -72,12 +73,12 @@ class FeatureProvider:
         if freeze_text:
             self.caption_feats = text_outputs(model.text_tower, captions, cache_dir, progress=progress)
             if self.metadata_texts is not None:
-                tower = model.metadata_tower if model.metadata_tower is not None else model.text_tower
-                self.meta_feats = text_outputs(tower, self.metadata_texts, cache_dir, keep_tokens=True, progress=progress)
+                self.meta_feats = text_outputs(model.metadata_encoder, self.metadata_texts, cache_dir, keep_tokens=True,
+                                               progress=progress)
 
     @property
     def needs_waveforms(self) -> bool:
-        return self.model.item_encoder.uses_audio and not self.freeze_audio
+        return self.model.item_encoder.uses_audio and "audio" not in self.model.frozen
 
     def __call__(self, batch: dict, device: torch.device) -> dict:
         items, pairs = batch["item"].tolist(), batch["pair"].tolist()

@@ -8,15 +8,17 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
 from hybrid_retrieval import distributed as dist_utils
 from hybrid_retrieval.audio.pretrained import WeightsNotFoundError
+from hybrid_retrieval.errors import BadInputError
 from hybrid_retrieval.data.items import CatalogueItem, caption_pairs
 from hybrid_retrieval.data.registry import load_split
 from hybrid_retrieval.evaluation import evaluate
@@ -25,6 +27,7 @@ from hybrid_retrieval.model import ModelConfig, RetrievalModel, create_model
 from hybrid_retrieval.training.checkpoint import (
     TrainingState,
     find_checkpoint,
+    frozen_towers,
     load_checkpoint,
     load_training_state,
     rng_state,
@@ -93,17 +96,84 @@ def load_items(cfg: TrainConfig, split: str) -> list[CatalogueItem]:
     return items[: cfg.limit_items] if cfg.limit_items else items
 
 
-def build_model(model_config: ModelConfig, cfg: TrainConfig) -> tuple[RetrievalModel, bool]:
-    """The model to train and whether its audio tower is pretrained. Without findable weights it
-    says so in one line and starts the audio tower from random initialisation."""
+def build_model(model_config: ModelConfig, cfg: TrainConfig) -> RetrievalModel:
+    """The model to train, its towers frozen as `cfg` asks. Without findable audio weights it says
+    so in one line and starts the audio tower from random initialisation, which then trains
+    (a random tower is never frozen)."""
+    model = None
     if cfg.audio_pretrained:
         try:
             model = create_model(model_config, pretrained=True, audio_weights=cfg.audio_weights)
-            return model, model.audio_tower.pretrained
         except WeightsNotFoundError as exc:
             log.warning("pretrained audio weights unavailable (%s); training the audio tower from random "
-                        "initialisation", str(exc).split(". Download")[0])
-    return create_model(model_config, pretrained=False), False
+                        "initialisation", exc.reason)
+    model = model or create_model(model_config, pretrained=False)
+    if cfg.freeze_audio and not model.audio_tower.pretrained:
+        log.warning("the audio tower is not pretrained, so it trains (freeze_audio ignored)")
+    return model.freeze(audio=cfg.freeze_audio and model.audio_tower.pretrained, text=cfg.freeze_text)
+
+
+def resume_model(cfg: TrainConfig) -> tuple[RetrievalModel, TrainingState]:
+    """The model and training state of the checkpoint `cfg.resume` names, frozen as `cfg` asks."""
+    checkpoint = find_checkpoint(cfg.resume)
+    model, saved = load_checkpoint(checkpoint, audio_weights=cfg.audio_weights)
+    state = load_training_state(checkpoint)
+    pretrained_audio = "audio" in frozen_towers(saved) or saved["train"].get("audio_pretrained", False)
+    log.info("resuming from %s (epoch %d, step %d)", checkpoint, state.epoch, state.step)
+    return model.freeze(audio=cfg.freeze_audio and pretrained_audio, text=cfg.freeze_text), state
+
+
+@dataclass
+class TrainingData:
+    provider: FeatureProvider
+    dataset: PairDataset
+    sampler: GlobalBatchSampler
+    loader: DataLoader
+
+
+def training_data(model: RetrievalModel, cfg: TrainConfig, items: list[CatalogueItem], cache_dir: str | None,
+                  rank: int = 0, world: int = 1, progress: bool = True) -> TrainingData:
+    """Pairs of `items`, their features (cached tower outputs of frozen towers) and the loader."""
+    owners, captions = caption_pairs(items)
+    if not owners:
+        raise BadInputError(f"no training pairs in {cfg.dataset}/{cfg.train_split} under {cfg.data_root}")
+    provider = FeatureProvider(model, items, captions, cache_dir, progress=progress)
+    clip_samples = int(cfg.clip_seconds * model.audio_tower.sample_rate) if provider.needs_waveforms else None
+    dataset = PairDataset(items, owners, clip_samples, cfg.seed)
+    sampler = GlobalBatchSampler(len(dataset), cfg.batch_size, cfg.seed, rank, world)
+    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_pairs, num_workers=cfg.num_workers)
+    return TrainingData(provider, dataset, sampler, loader)
+
+
+def optimizer_and_schedule(model: RetrievalModel, cfg: TrainConfig,
+                           steps_per_epoch: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """AdamW over the parameter groups, with warm-up then cosine decay to min_lr per group."""
+    optimizer = torch.optim.AdamW(parameter_groups(model, cfg), weight_decay=cfg.weight_decay)
+    warmup = max(1, round(cfg.warmup_epochs * steps_per_epoch))
+    total = cfg.epochs * steps_per_epoch
+    min_ratios = [cfg.min_lr / g["lr"] for g in optimizer.param_groups]
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, [lambda s, r=r: warmup_cosine(s, warmup, total, r) for r in min_ratios])
+    return optimizer, scheduler
+
+
+def train_step(net: nn.Module, model: RetrievalModel, loss_fn: ContrastiveLoss, optimizer: torch.optim.Optimizer,
+               inputs: dict, item_ids: Tensor, grad_clip: float = 0.0, use_amp: bool = False,
+               scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> Tensor:
+    """One optimiser step on one batch: forward (bf16 autocast on CUDA when `use_amp`), the
+    contrastive loss, backward, gradient clipping, AdamW (and the schedule). Returns the loss.
+    `net` is `model` itself or its DistributedDataParallel wrapper."""
+    with torch.autocast(device_type=model.device.type, dtype=torch.bfloat16, enabled=use_amp):
+        queries, items = net(**inputs)
+        loss = loss_fn(queries.float(), items.float(), item_ids, model.logit_scale)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], grad_clip)
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    return loss.detach()
 
 
 def train(model_config: ModelConfig, cfg: TrainConfig, run_dir: str | Path) -> dict:
@@ -115,45 +185,15 @@ def train(model_config: ModelConfig, cfg: TrainConfig, run_dir: str | Path) -> d
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
 
-    state = TrainingState(epoch=0, step=0)
     if cfg.resume:
-        checkpoint = find_checkpoint(cfg.resume)
-        model, saved = load_checkpoint(checkpoint, audio_weights=cfg.audio_weights)
-        state = load_training_state(checkpoint)
-        pretrained_audio = "audio" in saved.get("frozen_towers", {}) or saved["train"].get("audio_pretrained", False)
-        log.info("resuming from %s (epoch %d, step %d)", checkpoint, state.epoch, state.step)
+        model, state = resume_model(cfg)
     else:
-        model, pretrained_audio = build_model(model_config, cfg)
-    freeze_audio = cfg.freeze_audio and pretrained_audio
-    if cfg.freeze_audio and not pretrained_audio:
-        log.warning("the audio tower is not pretrained, so it trains (freeze_audio ignored)")
+        model, state = build_model(model_config, cfg), TrainingState(epoch=0, step=0)
     model.to(device)
-    frozen = tuple(name for name, flag in (("audio", freeze_audio), ("text", cfg.freeze_text)) if flag)
-    if freeze_audio:
-        model.audio_tower.requires_grad_(False)
-    if cfg.freeze_text:
-        model.text_tower.requires_grad_(False)
-        if model.metadata_tower is not None:
-            model.metadata_tower.requires_grad_(False)
 
     train_items, val_items = load_items(cfg, cfg.train_split), load_items(cfg, cfg.val_split)
-    owners, captions = caption_pairs(train_items)
-    if not owners:
-        raise ValueError(f"no training pairs in {cfg.dataset}/{cfg.train_split} under {cfg.data_root}")
-    provider = FeatureProvider(model, train_items, captions, freeze_audio, cfg.freeze_text, cfg.cache_dir,
-                               progress=cfg.progress and rank == 0)
-    clip_samples = int(cfg.clip_seconds * model.audio_tower.sample_rate) if provider.needs_waveforms else None
-    dataset = PairDataset(train_items, owners, clip_samples, cfg.seed)
-    sampler = GlobalBatchSampler(len(dataset), cfg.batch_size, cfg.seed, rank, world)
-    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_pairs, num_workers=cfg.num_workers)
-
-    optimizer = torch.optim.AdamW(parameter_groups(model, cfg), weight_decay=cfg.weight_decay)
-    steps_per_epoch = len(sampler)
-    warmup = max(1, round(cfg.warmup_epochs * steps_per_epoch))
-    total = cfg.epochs * steps_per_epoch
-    min_ratios = [cfg.min_lr / g["lr"] for g in optimizer.param_groups]
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, [lambda s, r=r: warmup_cosine(s, warmup, total, r) for r in min_ratios])
+    data = training_data(model, cfg, train_items, cfg.cache_dir, rank, world, progress=cfg.progress and rank == 0)
+    optimizer, scheduler = optimizer_and_schedule(model, cfg, len(data.sampler))
     if state.optimizer is not None:
         optimizer.load_state_dict(state.optimizer)
         scheduler.load_state_dict(state.scheduler)
@@ -162,26 +202,17 @@ def train(model_config: ModelConfig, cfg: TrainConfig, run_dir: str | Path) -> d
     net = dist_utils.wrap_model(model)
     loss_fn = ContrastiveLoss(cfg.loss)
     use_amp = cfg.amp and device.type == "cuda"
-    eval_cache = cfg.cache_dir if (freeze_audio and cfg.freeze_text) else None
+    eval_cache = cfg.cache_dir if model.cache_is_valid else None
     metrics: dict = {}
     checkpoint_path = None
     for epoch in range(state.epoch, cfg.epochs):
-        dataset.epoch = sampler.epoch = epoch
+        data.dataset.epoch = data.sampler.epoch = epoch
         net.train()
-        for name in frozen:  # frozen towers stay in eval mode (batch-norm statistics, dropout)
-            getattr(model, f"{name}_tower").eval()
         started, seen, running = time.perf_counter(), 0, 0.0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress or rank != 0)
+        bar = tqdm(data.loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress or rank != 0)
         for batch in bar:
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-                queries, items = net(**provider(batch, device))
-                loss = loss_fn(queries.float(), items.float(), batch["item"].to(device), model.logit_scale)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
+            loss = train_step(net, model, loss_fn, optimizer, data.provider(batch, device), batch["item"].to(device),
+                              cfg.grad_clip, use_amp, scheduler)
             state.step += 1
             seen += len(batch["item"]) * world
             running = 0.9 * running + 0.1 * loss.item() if running else loss.item()
@@ -196,5 +227,5 @@ def train(model_config: ModelConfig, cfg: TrainConfig, run_dir: str | Path) -> d
         if rank == 0:
             state.optimizer, state.scheduler, state.rng = optimizer.state_dict(), scheduler.state_dict(), rng_state()
             checkpoint_path = save_checkpoint(run_dir / "checkpoints" / f"epoch-{state.epoch:04d}", model,
-                                              cfg.to_dict(), state, frozen, metrics)
+                                              cfg.to_dict(), state, metrics=metrics)
     return {"val": metrics, "checkpoint": str(checkpoint_path) if checkpoint_path else None}

@@ -1,0 +1,34 @@
+"""The project's error family: one base class, a few kinds, each also the builtin it replaces.
+
+    HybridRetrievalError            anything this project refuses, with a message naming the file or value
+    ├── NotFoundError               (also FileNotFoundError) a file, folder, checkpoint or weights missing
+    ├── OfflineError                (also ConnectionError) a download asked for while offline, or failed
+    ├── IncompatibleModelError      (also ValueError) a model, index, cache or checkpoint made by another model
+    └── BadInputError               (also ValueError) a value, file or config that cannot be used
+
+Callers that catch the builtins (`except ValueError`, `except FileNotFoundError`) keep working;
+the command line catches `HybridRetrievalError` once and prints its message as one line. The
+message is the whole story: code never parses it, and an exception that needs to carry more (a
+short reason, the path) does so in attributes.
+"""
+from __future__ import annotations
+
+
+class HybridRetrievalError(Exception):
+    """Base of every error this project raises on purpose."""
+
+
+class NotFoundError(HybridRetrievalError, FileNotFoundError):
+    """Something the user named or the project looked for does not exist."""
+
+
+class OfflineError(HybridRetrievalError, ConnectionError):
+    """The network was needed but is switched off (an offline variable) or unreachable."""
+
+
+class IncompatibleModelError(HybridRetrievalError, ValueError):
+    """Two things that must come from the same model (or the same tower weights) do not."""
+
+
+class BadInputError(HybridRetrievalError, ValueError):
+    """A value, file or configuration that cannot be used as given."""

@@ -1,0 +1,30 @@
+"""What the sacred scripts share: where a run's files go and the run's config as plain data."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+RUNS_VARIABLE = "HYBRID_RETRIEVAL_RUNS"  # where runs are recorded (default: runs/)
+
+
+def runs_root() -> Path:
+    return Path(os.environ.get(RUNS_VARIABLE, "runs"))
+
+
+def run_directory(run) -> Path:
+    """The folder of a sacred run: its FileStorageObserver's, or runs/unobserved without one."""
+    observer_dirs = [o.dir for o in run.observers if getattr(o, "dir", None)]
+    return Path(observer_dirs[0]) if observer_dirs else runs_root() / "unobserved"
+
+
+def plain_config(config) -> dict:
+    """sacred's read-only config containers as plain dicts and lists."""
+    return json.loads(json.dumps(config))
+
+
+def observe(experiment) -> None:
+    """Record the experiment's runs under runs_root() (a FileStorageObserver)."""
+    from sacred.observers import FileStorageObserver
+
+    experiment.observers.append(FileStorageObserver(str(runs_root())))
