@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from fusion.base import ItemEncoder
 from fusion.registry import register_fusion
+from hybrid_retrieval.errors import BadInputError
 from hybrid_retrieval.outputs import TowerOutput
 from hybrid_retrieval.projection import Projection
 
@@ -36,9 +37,9 @@ class LateFusion(ItemEncoder):
                  learn_weight: bool = True, normalize: str = "before") -> None:
         super().__init__()
         if normalize not in ("before", "after"):
-            raise ValueError(f"late fusion normalize must be 'before' or 'after', not {normalize!r}")
+            raise BadInputError(f"late fusion normalize must be 'before' or 'after', not {normalize!r}")
         if not 0.0 < weight < 1.0:
-            raise ValueError(f"late fusion weight must lie strictly between 0 and 1, not {weight}")
+            raise BadInputError(f"late fusion weight must lie strictly between 0 and 1, not {weight}")
         self.audio_proj = Projection(audio_dim, embed_dim, projection)
         self.metadata_proj = metadata_projection or Projection(text_dim, embed_dim, projection)
         logit = torch.tensor(math.log(weight / (1 - weight)))

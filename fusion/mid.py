@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from fusion.base import ItemEncoder
 from fusion.registry import register_fusion
+from hybrid_retrieval.errors import BadInputError
 from hybrid_retrieval.outputs import TowerOutput
 from hybrid_retrieval.projection import Projection
 
@@ -44,7 +45,7 @@ class MidFusion(ItemEncoder):
                  heads: int = 4, dropout: float = 0.1, audio_pool: int = 1) -> None:
         super().__init__()
         if width % heads or width % 2:
-            raise ValueError(f"mid fusion width {width} must be even and divisible by heads={heads}")
+            raise BadInputError(f"mid fusion width {width} must be even and divisible by heads={heads}")
         self.audio_in = nn.Linear(audio_dim, width)
         self.metadata_in = nn.Linear(text_dim, width)
         self.item_token = nn.Parameter(torch.randn(1, 1, width) * 0.02)

@@ -5,6 +5,8 @@ from collections.abc import Callable
 
 from torch import nn
 
+from hybrid_retrieval.errors import BadInputError
+
 FUSIONS: dict[str, type[nn.Module]] = {}
 
 
@@ -26,11 +28,11 @@ def create_fusion(name: str, audio_dim: int, text_dim: int, embed_dim: int,
     pooled metadata into the query space (`uses_text_projection`); None gives them their own.
     """
     if name not in FUSIONS:
-        raise ValueError(f"unknown fusion {name!r}; available: {sorted(FUSIONS)}")
+        raise BadInputError(f"unknown fusion {name!r}; available: {sorted(FUSIONS)}")
     cls = FUSIONS[name]
     if cls.uses_text_projection:
         options["metadata_projection"] = metadata_projection
     try:
         return cls(audio_dim=audio_dim, text_dim=text_dim, embed_dim=embed_dim, **options)
     except TypeError as exc:
-        raise ValueError(f"bad options for fusion={name!r}: {exc}") from exc
+        raise BadInputError(f"bad options for fusion={name!r}: {exc}") from exc

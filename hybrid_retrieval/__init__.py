@@ -5,9 +5,7 @@
 The names below are imported on first use, so `import hybrid_retrieval` stays cheap (the
 command line's `tag` does not load transformers).
 """
-from __future__ import annotations
-
-import importlib
+from hybrid_retrieval.lazy import lazy_exports
 
 _EXPORTS = {
     "load_audio": "hybrid_retrieval.audio.io",
@@ -24,9 +22,4 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'hybrid_retrieval' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

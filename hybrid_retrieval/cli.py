@@ -9,10 +9,10 @@ from collections.abc import Sequence
 import torch
 
 from hybrid_retrieval.audio.io import AudioLoadError, load_audio
-from hybrid_retrieval.audio.pretrained import WeightsNotFoundError
 from hybrid_retrieval.audio.tower import audioset_labels, create_audio_tower
 from hybrid_retrieval.disentangled.cli import add_similar_command
-from hybrid_retrieval.index_cli import add_index_commands
+from hybrid_retrieval.errors import run_reporting_errors
+from hybrid_retrieval.index.cli import add_index_commands
 
 
 def _tag(args: argparse.Namespace) -> int:
@@ -60,11 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (WeightsNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_reporting_errors(lambda: args.func(args))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
     ├── NotFoundError               (also FileNotFoundError) a file, folder, checkpoint or weights missing
     ├── OfflineError                (also ConnectionError) a download asked for while offline, or failed
     ├── IncompatibleModelError      (also ValueError) a model, index, cache or checkpoint made by another model
-    └── BadInputError               (also ValueError) a value, file or config that cannot be used
+    ├── BadInputError               (also ValueError) a value, file or config that cannot be used
+    └── MissingDependencyError      (also ImportError) an optional dependency is not installed
 
 Callers that catch the builtins (`except ValueError`, `except FileNotFoundError`) keep working;
 the command line catches `HybridRetrievalError` once and prints its message as one line. The
@@ -12,6 +13,9 @@ message is the whole story: code never parses it, and an exception that needs to
 short reason, the path) does so in attributes.
 """
 from __future__ import annotations
+
+import sys
+from collections.abc import Callable
 
 
 class HybridRetrievalError(Exception):
@@ -32,3 +36,17 @@ class IncompatibleModelError(HybridRetrievalError, ValueError):
 
 class BadInputError(HybridRetrievalError, ValueError):
     """A value, file or configuration that cannot be used as given."""
+
+
+class MissingDependencyError(HybridRetrievalError, ImportError):
+    """An optional dependency a feature needs is not installed (the message says which extra)."""
+
+
+def run_reporting_errors(main: Callable[[], int]) -> int:
+    """Run a command's `main`; a HybridRetrievalError becomes one `error: ...` line on stderr and
+    exit status 2 (anything else is a bug and keeps its traceback)."""
+    try:
+        return main()
+    except HybridRetrievalError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from hybrid_retrieval.data.items import CatalogueItem, caption_pairs
 from hybrid_retrieval.embedding import embed_catalogue, embed_queries
+from hybrid_retrieval.errors import BadInputError
 from hybrid_retrieval.metrics import audio_to_text_metrics, retrieval_metrics
 from hybrid_retrieval.model import RetrievalModel
 
@@ -17,10 +18,10 @@ def evaluate(model: RetrievalModel, items: list[CatalogueItem], cache_dir: str |
     caches the towers' outputs and is only appropriate when the towers are pretrained/frozen.
     """
     if not items:
-        raise ValueError("cannot evaluate on an empty split (no items with audio)")
+        raise BadInputError("cannot evaluate on an empty split (no items with audio)")
     owners, captions = caption_pairs(items)
     if not captions:
-        raise ValueError("the split has no captions to use as queries")
+        raise BadInputError("the split has no captions to use as queries")
     metadata = [it.metadata_text(model.config.metadata) for it in items] if model.uses_metadata else None
     item_emb = embed_catalogue(model, [it.audio_path for it in items], metadata, cache_dir, progress=progress)
     query_emb = embed_queries(model, captions, cache_dir, progress=progress)

@@ -8,6 +8,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from hybrid_retrieval.errors import OfflineError
+
 OFFLINE_VARIABLES = ("HYBRID_RETRIEVAL_OFFLINE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -77,7 +79,7 @@ def download(url: str, target: Path, sha256: str | None = None) -> Path:
     """Download `url` to `target` atomically (torch.hub's downloader writes a temp file and
     renames it), verifying the sha256 when one is known. Refuses when offline."""
     if is_offline():
-        raise ConnectionError(f"offline mode is set (HF_HUB_OFFLINE/HYBRID_RETRIEVAL_OFFLINE); not downloading {url}")
+        raise OfflineError(f"offline mode is set (HF_HUB_OFFLINE/HYBRID_RETRIEVAL_OFFLINE); not downloading {url}")
     from torch.hub import download_url_to_file
 
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from hybrid_retrieval.distributed import gather_no_grad, gather_with_grad
+from hybrid_retrieval.errors import BadInputError
 
 
 def _ntxent_one_direction(logits: Tensor, positive: Tensor) -> Tensor:
@@ -35,7 +36,7 @@ class ContrastiveLoss(nn.Module):
     def __init__(self, kind: str = "ntxent") -> None:
         super().__init__()
         if kind not in ("ntxent", "cmc"):
-            raise ValueError(f"contrastive loss must be 'ntxent' or 'cmc', not {kind!r}")
+            raise BadInputError(f"contrastive loss must be 'ntxent' or 'cmc', not {kind!r}")
         self.kind = kind
 
     def forward(self, queries: Tensor, items: Tensor, item_ids: Tensor, logit_scale: Tensor | float) -> Tensor:

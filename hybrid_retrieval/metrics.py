@@ -12,16 +12,18 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from hybrid_retrieval.errors import BadInputError
+
 
 def ranks_of_relevant(similarity: torch.Tensor | np.ndarray, relevant: Sequence[int] | torch.Tensor) -> torch.Tensor:
     """(n_queries,) 1-based rank of each query's relevant item."""
     sim = torch.as_tensor(similarity, dtype=torch.float64)
     rel = torch.as_tensor(relevant, dtype=torch.long)
     if sim.dim() != 2 or rel.shape != (sim.shape[0],):
-        raise ValueError(f"similarity must be (n_queries, n_items) and relevant (n_queries,), got "
+        raise BadInputError(f"similarity must be (n_queries, n_items) and relevant (n_queries,), got "
                          f"{tuple(sim.shape)} and {tuple(rel.shape)}")
     if rel.numel() and (rel.min() < 0 or rel.max() >= sim.shape[1]):
-        raise ValueError(f"relevant indices must lie in [0, {sim.shape[1]})")
+        raise BadInputError(f"relevant indices must lie in [0, {sim.shape[1]})")
     target = sim.gather(1, rel[:, None])
     return (sim > target).sum(dim=1) + 1
 

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 import fusion
 from hybrid_retrieval.audio.tower import AudioTower, create_audio_tower
 from hybrid_retrieval.config_base import StrictConfig
+from hybrid_retrieval.errors import BadInputError
 from hybrid_retrieval.outputs import TowerOutput
 from hybrid_retrieval.projection import Projection
 from hybrid_retrieval.text.tower import DEFAULT_TEXT_MODEL, TextTower
@@ -52,7 +53,7 @@ def list_models() -> list[str]:
 def get_model_config(name: str) -> ModelConfig:
     path = resources.files("hybrid_retrieval.model_configs").joinpath(f"{name}.json")
     if not path.is_file():
-        raise ValueError(f"unknown model config {name!r}; available: {list_models()}")
+        raise BadInputError(f"unknown model config {name!r}; available: {list_models()}")
     return ModelConfig.from_dict(json.loads(path.read_text("utf-8")))
 
 
@@ -73,7 +74,7 @@ class RetrievalModel(nn.Module):
         )
         self.uses_metadata = bool(self.item_encoder.uses_metadata)
         if self.uses_metadata and not config.metadata:
-            raise ValueError(f"fusion={config.fusion!r} needs metadata: set metadata= (e.g. 'os', 'cs+os')")
+            raise BadInputError(f"fusion={config.fusion!r} needs metadata: set metadata= (e.g. 'os', 'cs+os')")
         self.metadata_tower = copy.deepcopy(text_tower) if self.uses_metadata and not shared else None
         log_scale = torch.tensor(math.log(1.0 / config.temperature))
         if config.learn_temperature:

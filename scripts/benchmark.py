@@ -14,6 +14,7 @@ import logging
 import sys
 
 from hybrid_retrieval.data.registry import DATASETS
+from hybrid_retrieval.errors import run_reporting_errors
 from hybrid_retrieval.experiments.retrieval_table import ROW_NAMES, run_table, write_table
 
 
@@ -39,4 +40,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_reporting_errors(main))

@@ -14,6 +14,7 @@ import sys
 
 from hybrid_retrieval.data.items import caption_pairs
 from hybrid_retrieval.data.registry import DATASETS, load_split
+from hybrid_retrieval.errors import run_reporting_errors
 from hybrid_retrieval.evaluation import evaluate
 from hybrid_retrieval.report import markdown_table, random_baseline
 from hybrid_retrieval.training.checkpoint import load_checkpoint
@@ -50,4 +51,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_reporting_errors(main))

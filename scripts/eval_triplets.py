@@ -22,6 +22,7 @@ import yaml
 
 from hybrid_retrieval.disentangled.benchmark import ROWS, triplet_table, mean_over_seeds, run_triplet_benchmark
 from hybrid_retrieval.disentangled.evaluation import DEFAULT_TRIPLETS
+from hybrid_retrieval.errors import run_reporting_errors
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,4 +73,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_reporting_errors(main))

@@ -10,6 +10,7 @@ import logging
 import sys
 
 from hybrid_retrieval.data.synthmusic import build_synthmusic
+from hybrid_retrieval.errors import run_reporting_errors
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,4 +40,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_reporting_errors(main))

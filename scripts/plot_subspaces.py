@@ -24,6 +24,7 @@ from hybrid_retrieval.disentangled.checkpoint import find_model, load_model  # n
 from hybrid_retrieval.disentangled.conditions import TEMPO  # noqa: E402
 from hybrid_retrieval.disentangled.features import load_track_features, segment_frames  # noqa: E402
 from hybrid_retrieval.disentangled.model import embed_tracks  # noqa: E402
+from hybrid_retrieval.errors import run_reporting_errors  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,4 +79,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_reporting_errors(main))

@@ -12,15 +12,14 @@ import torch
 
 from hybrid_retrieval import index as index_module
 from hybrid_retrieval.cli import main
+from hybrid_retrieval.data.catalogue import load_catalogue
 from hybrid_retrieval.embedding import embed_catalogue
-from hybrid_retrieval.index import (
-    SearchIndexError,
-    build_approximate,
-    exact_search,
-    load_catalogue,
-    load_index,
-    recall_at_k,
-)
+from hybrid_retrieval.errors import BadInputError, NotFoundError
+from hybrid_retrieval.index import load_index
+from hybrid_retrieval.index.backends import exact as exact_module
+from hybrid_retrieval.index.backends.base import recall_at_k
+from hybrid_retrieval.index.backends.exact import exact_search
+from hybrid_retrieval.index.backends.faiss_backend import FaissBackend, build_approximate
 from hybrid_retrieval.model import create_model
 from hybrid_retrieval.training.checkpoint import TrainingState, save_checkpoint
 from hybrid_retrieval.training.config import split_config
@@ -135,7 +134,7 @@ def _random_index(n: int = 3000, dim: int = 32, seed: int = 0) -> index_module.S
     centres = torch.randn(40, dim, generator=generator)
     x = centres[torch.randint(40, (n,), generator=generator)] + 0.5 * torch.randn(n, dim, generator=generator)
     x = torch.nn.functional.normalize(x, dim=1)
-    info = {"format": index_module.FORMAT, "size": n, "dim": dim, "approximate": None}
+    info = {"size": n, "dim": dim}
     ids = [f"item{i}" for i in range(n)]
     return index_module.SearchIndex(x, ids, ids, [""] * n, info)
 
@@ -146,11 +145,11 @@ def test_atomic_write_survives_a_crash(tmp_path: Path) -> None:
     before = path.read_bytes()
     crash = (
         "import sys, os\n"
-        "from hybrid_retrieval import index as m\n"
+        "from hybrid_retrieval import index as m, tensorfile\n"
         "def half(tensors, filename, metadata=None):\n"
         "    open(filename, 'wb').write(b'partial')\n"
         "    os._exit(9)  # killed mid-write: no cleanup runs\n"
-        "m.save_file = half\n"
+        "tensorfile.save_file = half\n"
         "m.save_index(m.load_index(sys.argv[1]), sys.argv[1])\n"
     )
     result = subprocess.run([sys.executable, "-c", crash, str(path)], cwd=ROOT, capture_output=True,
@@ -159,19 +158,22 @@ def test_atomic_write_survives_a_crash(tmp_path: Path) -> None:
     assert path.read_bytes() == before and len(load_index(path)) == 200  # the old index, whole
     leftovers = [p.name for p in tmp_path.iterdir() if p != path]
     assert leftovers and all(name.startswith(".catalogue.index.") for name in leftovers)  # hidden temp only
-    with pytest.raises(SearchIndexError, match="no index"):
+    with pytest.raises(NotFoundError, match="no index"):
         load_index(tmp_path / "new.index")  # a crash before the first rename leaves no index to read
     (tmp_path / "truncated.index").write_bytes(before[: len(before) // 2])
-    with pytest.raises(SearchIndexError, match="not a readable index"):
+    with pytest.raises(BadInputError, match="not a readable index"):
         load_index(tmp_path / "truncated.index")
 
 
-def test_exact_backends_agree_across_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_exact_search_agrees_with_faiss_across_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    import faiss
+
     index = _random_index(1000)
     queries = index.embeddings[:7] + 0.1
-    monkeypatch.setattr(index_module, "_EXACT_CHUNK", 128)  # force the chunk merge
-    scores_t, rows_t = exact_search(index.embeddings, queries, 10, backend="torch")
-    scores_f, rows_f = exact_search(index.embeddings, queries, 10, backend="faiss")
+    monkeypatch.setattr(exact_module, "_EXACT_CHUNK", 128)  # force the chunk merge
+    scores_t, rows_t = exact_search(index.embeddings, queries, 10)
+    scores_f, rows_f = faiss.knn(queries.numpy(), index.embeddings.numpy(), 10, metric=faiss.METRIC_INNER_PRODUCT)
+    scores_f, rows_f = torch.from_numpy(scores_f), torch.from_numpy(rows_f)
     torch.testing.assert_close(scores_t, scores_f, atol=1e-5, rtol=0)
     full = queries @ index.embeddings.T
     torch.testing.assert_close(scores_t, full.topk(10, dim=1).values, atol=1e-5, rtol=0)
@@ -189,9 +191,9 @@ def test_approximate_index_reaches_its_recall_and_round_trips(kind: str, tmp_pat
         return torch.nn.functional.normalize(index.embeddings[rows] + 0.3 * torch.randn(n, 32, generator=generator), dim=1)
 
     tuning = off_catalogue_queries(500)
-    index.approximate, settings = build_approximate(index.embeddings, kind, 0.9, tuning, progress=False)
-    index.info["approximate"] = settings
-    assert settings["recall@10"] >= 0.9 and settings["recall_queries"] == {"count": 500, "kind": "queries given"}
+    index.use_backend("faiss", kind=kind, target_recall=0.9, queries=tuning, progress=False)
+    settings = index.info["search"]
+    assert settings["backend"] == "faiss" and settings["recall@10"] >= 0.9 and settings["recall_queries"] == {"count": 500, "kind": "queries given"}
     queries = off_catalogue_queries(300)  # fresh queries of the same kind: the tuned recall holds
     approx = index.search(queries, 10)[1]
     assert recall_at_k(approx, index.search(queries, 10, exact=True)[1]) >= 0.85
@@ -202,5 +204,35 @@ def test_approximate_index_reaches_its_recall_and_round_trips(kind: str, tmp_pat
 
     index_module.save_index(index, tmp_path / "a.index")
     loaded = load_index(tmp_path / "a.index")
-    assert loaded.info["approximate"] == settings
+    assert loaded.info["search"] == settings
     assert torch.equal(loaded.search(queries, 10)[1], approx)  # the tuned setting travels with the index
+
+
+@pytest.mark.parametrize("backend", ["torch", "faiss"])
+def test_add_and_remove_keep_rows_and_results_right(backend: str) -> None:
+    """After removing and adding items, every item's own vector finds that item first, removed items
+    are never returned, and exact search equals a fresh index of the same items."""
+    full = _random_index(1200)
+    first = slice(0, 1000)
+    index = index_module.SearchIndex(full.embeddings[first], full.ids[first], full.paths[first],
+                                     full.metadata[first], {"size": 1000, "dim": 32})
+    if backend == "faiss":
+        index.use_backend("faiss", kind="ivf", target_recall=0.9, progress=False)
+        assert isinstance(index.backend, FaissBackend)
+    removed = [f"item{i}" for i in range(0, 1000, 7)]
+    index.remove(removed)
+    new = slice(1000, 1200)
+    index.add(full.embeddings[new], full.ids[new], full.paths[new], full.metadata[new])
+    assert len(index) == 1200 - len(removed) and index.info["size"] == len(index)
+    assert not set(removed) & set(index.ids) and index.ids[-1] == "item1199"
+
+    scores, rows = index.search(index.embeddings, 5)
+    assert torch.equal(rows[:, 0], torch.arange(len(index)))  # each item is its own nearest neighbour
+    keep = [i for i, name in enumerate(full.ids) if name not in set(removed)]
+    fresh = exact_search(full.embeddings[keep], index.embeddings[:50], 10)
+    torch.testing.assert_close(index.search(index.embeddings[:50], 10, exact=True)[0], fresh[0])
+    assert torch.equal(index.search(index.embeddings[:50], 10, exact=True)[1], fresh[1])
+    with pytest.raises(BadInputError, match="already holds"):
+        index.add(full.embeddings[:1], ["item1"], ["item1"], [""])
+    with pytest.raises(BadInputError, match="not in the index"):
+        index.remove(["item0"])

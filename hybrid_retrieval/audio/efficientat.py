@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from hybrid_retrieval.errors import BadInputError
 from hybrid_retrieval.outputs import TowerOutput
 
 # MobileNetV3-Large's inverted-residual table (paper, Table 1), before width scaling:
@@ -174,5 +175,5 @@ class EfficientATMobileNet(nn.Module):
 def efficientat(name: str) -> EfficientATMobileNet:
     """An EfficientAT model by release name (`mn04_as`, ..., `mn40_as_ext`), randomly initialised."""
     if name not in EFFICIENTAT_CONFIGS:
-        raise ValueError(f"unknown EfficientAT model {name!r}; known: {sorted(EFFICIENTAT_CONFIGS)}")
+        raise BadInputError(f"unknown EfficientAT model {name!r}; known: {sorted(EFFICIENTAT_CONFIGS)}")
     return EfficientATMobileNet(**EFFICIENTAT_CONFIGS[name])

@@ -7,11 +7,17 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from hybrid_retrieval.errors import BadInputError, NotFoundError
+
 SAMPLE_RATE = 32_000
 
 
-class AudioLoadError(ValueError):
+class AudioLoadError(BadInputError):
     """An audio file that cannot be used: missing, unreadable, empty or without finite samples."""
+
+
+class AudioNotFoundError(AudioLoadError, NotFoundError):
+    """The audio file does not exist."""
 
 
 def resample(waveform: np.ndarray, orig_rate: int, target_rate: int = SAMPLE_RATE) -> np.ndarray:
@@ -29,7 +35,7 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """
     path = Path(path)
     if not path.is_file():
-        raise AudioLoadError(f"audio file not found: {path}")
+        raise AudioNotFoundError(f"audio file not found: {path}")
     try:
         data, rate = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as exc:  # soundfile raises LibsndfileError, RuntimeError, TypeError, ...

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from hybrid_retrieval import hub
-from hybrid_retrieval.errors import NotFoundError
+from hybrid_retrieval.errors import BadInputError, NotFoundError
 
 RELEASE_URL = "https://github.com/fschmid56/EfficientAT/releases/download/v0.0.1/"
 
@@ -61,7 +61,7 @@ def resolve_weights(name: str, path: str | Path | None = None, download: bool = 
             raise WeightsNotFoundError(f"weights file not found: {path}")
         return path
     if name not in PRETRAINED:
-        raise ValueError(f"no released weights for {name!r}; known: {sorted(PRETRAINED)}")
+        raise BadInputError(f"no released weights for {name!r}; known: {sorted(PRETRAINED)}")
     spec = PRETRAINED[name]
     candidates = []
     if os.environ.get("HYBRID_RETRIEVAL_WEIGHTS_DIR"):
@@ -88,7 +88,7 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ValueError(f"cannot read weights file {path}: {exc}") from exc
+        raise BadInputError(f"cannot read weights file {path}: {exc}") from exc
     if not isinstance(state, dict):
-        raise ValueError(f"weights file {path} does not hold a state dict")
+        raise BadInputError(f"weights file {path} does not hold a state dict")
     return state

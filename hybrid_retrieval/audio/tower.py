@@ -21,6 +21,7 @@ from hybrid_retrieval.audio.efficientat import EFFICIENTAT_CONFIGS, efficientat
 from hybrid_retrieval.audio.frontend import FrontendConfig, LogMelFrontend
 from hybrid_retrieval.audio.pretrained import load_state_dict, resolve_weights
 from hybrid_retrieval.audio.timm_towers import TimmBackbone
+from hybrid_retrieval.errors import BadInputError
 from hybrid_retrieval.fingerprint import module_state_hash
 from hybrid_retrieval.outputs import TowerOutput
 
@@ -97,7 +98,7 @@ class AudioTower(nn.Module):
         for i, wave in enumerate(waveforms):
             wave = torch.as_tensor(wave, dtype=torch.float32).flatten()
             if wave.numel() < 2:
-                raise ValueError(f"clip {i} is too short to embed ({wave.numel()} samples)")
+                raise BadInputError(f"clip {i} is too short to embed ({wave.numel()} samples)")
             for piece in _windows(wave, window):
                 pieces.append((i, piece))
         by_length: dict[int, list[int]] = {}
@@ -166,7 +167,7 @@ def create_audio_tower(spec: str = "efficientat:mn04_as", pretrained: bool = Tru
     fe = LogMelFrontend(frontend)
     if family == "efficientat":
         if name not in EFFICIENTAT_CONFIGS:
-            raise ValueError(f"unknown EfficientAT model {name!r} in audio_encoder={spec!r}; known: {sorted(EFFICIENTAT_CONFIGS)}")
+            raise BadInputError(f"unknown EfficientAT model {name!r} in audio_encoder={spec!r}; known: {sorted(EFFICIENTAT_CONFIGS)}")
         backbone = efficientat(name)
         loaded = bool(pretrained or weights)
         if loaded:
@@ -175,4 +176,4 @@ def create_audio_tower(spec: str = "efficientat:mn04_as", pretrained: bool = Tru
     if family == "timm":
         backbone = TimmBackbone(name, pretrained=pretrained)
         return AudioTower(f"timm:{name}", backbone, fe, pretrained=backbone.pretrained)
-    raise ValueError(f"unknown audio encoder family {family!r} in {spec!r}; use efficientat:<name> or timm:<name>")
+    raise BadInputError(f"unknown audio encoder family {family!r} in {spec!r}; use efficientat:<name> or timm:<name>")

@@ -13,6 +13,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from hybrid_retrieval.errors import BadInputError, NotFoundError
+
 from .clotho import drop_missing_audio, first_file
 from .items import CatalogueItem
 
@@ -48,7 +50,7 @@ def _start_seconds(text: str, path: Path, line: int) -> int:
     try:
         return int(float(text))
     except ValueError:
-        raise ValueError(f"{path}, line {line}: start time {text!r} is not a number") from None
+        raise BadInputError(f"{path}, line {line}: start time {text!r} is not a number") from None
 
 
 def _read_captions(path: Path) -> dict[ClipKey, list[str]]:
@@ -58,7 +60,7 @@ def _read_captions(path: Path) -> dict[ClipKey, list[str]]:
         reader = csv.DictReader(file)
         missing = {"youtube_id", "start_time", "caption"} - set(reader.fieldnames or [])
         if missing:
-            raise ValueError(f"{path}: missing column(s) {sorted(missing)} (header: {reader.fieldnames})")
+            raise BadInputError(f"{path}: missing column(s) {sorted(missing)} (header: {reader.fieldnames})")
         for row in reader:
             key = (row["youtube_id"], _start_seconds(row["start_time"], path, reader.line_num))
             clips.setdefault(key, []).append(row["caption"])
@@ -70,7 +72,7 @@ def _read_class_labels(path: Path) -> dict[str, str]:
     with path.open(newline="", encoding="utf-8") as file:
         reader = csv.DictReader(file)
         if not {"mid", "display_name"} <= set(reader.fieldnames or []):
-            raise ValueError(f"{path}: expected columns index,mid,display_name (header: {reader.fieldnames})")
+            raise BadInputError(f"{path}: expected columns index,mid,display_name (header: {reader.fieldnames})")
         return {row["mid"]: row["display_name"] for row in reader}
 
 
@@ -83,7 +85,7 @@ def _read_segment_mids(path: Path, wanted: set[ClipKey]) -> dict[ClipKey, list[s
             if not row or row[0].startswith("#"):
                 continue
             if len(row) != 4:
-                raise ValueError(f"{path}, line {reader.line_num}: expected YTID, start, end, \"labels\"; got {row}")
+                raise BadInputError(f"{path}, line {reader.line_num}: expected YTID, start, end, \"labels\"; got {row}")
             key = (row[0], _start_seconds(row[1], path, reader.line_num))
             if key in wanted:
                 mids[key] = [mid.strip() for mid in row[3].split(",") if mid.strip()]
@@ -100,7 +102,7 @@ def _closed_set_tags(
     """Clip -> AudioSet display names; {} (and one warning) when the AudioSet CSVs are absent."""
     for given in [*(segments_csvs or []), *([class_labels_csv] if class_labels_csv is not None else [])]:
         if not Path(given).is_file():
-            raise FileNotFoundError(f"{label}: AudioSet CSV not found: {given}")
+            raise NotFoundError(f"{label}: AudioSet CSV not found: {given}")
     if segments_csvs is not None:
         segment_paths = [Path(path) for path in segments_csvs]
     else:
@@ -119,7 +121,7 @@ def _closed_set_tags(
         for key, mids in _read_segment_mids(path, wanted).items():
             unknown = [mid for mid in mids if mid not in names]
             if unknown:
-                raise ValueError(f"{path}: label(s) {unknown} of clip {key[0]} are not in {labels_path}")
+                raise BadInputError(f"{path}: label(s) {unknown} of clip {key[0]} are not in {labels_path}")
             clip_tags = tags.setdefault(key, [])
             clip_tags.extend(names[mid] for mid in mids if names[mid] not in clip_tags)
     return tags
@@ -160,10 +162,10 @@ def load_audiocaps(
     `require_audio` drops (and counts in one log line) the clips whose audio file is missing.
     """
     if split not in AUDIOCAPS_SPLITS:
-        raise ValueError(f"unknown audiocaps split {split!r}; expected one of {AUDIOCAPS_SPLITS}")
+        raise BadInputError(f"unknown audiocaps split {split!r}; expected one of {AUDIOCAPS_SPLITS}")
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"audiocaps root folder not found: {root}")
+        raise NotFoundError(f"audiocaps root folder not found: {root}")
     label = f"audiocaps/{split}"
     aac_root = root / AAC_AUDIOCAPS_DIR
     csv_candidates = [
@@ -174,7 +176,7 @@ def load_audiocaps(
     ]
     captions_path = next((path for path in csv_candidates if path.is_file()), None)
     if captions_path is None:
-        raise FileNotFoundError(f"{label}: captions CSV not found; looked for {', '.join(map(str, csv_candidates))}")
+        raise NotFoundError(f"{label}: captions CSV not found; looked for {', '.join(map(str, csv_candidates))}")
     clips = _read_captions(captions_path)
 
     tags = _closed_set_tags(label, [root, root / "metadata", aac_root], set(clips), segments_csvs, class_labels_csv)

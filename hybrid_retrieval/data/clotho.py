@@ -14,6 +14,8 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
+from hybrid_retrieval.errors import BadInputError, NotFoundError
+
 from .items import CatalogueItem
 
 logger = logging.getLogger("hybrid_retrieval")
@@ -43,7 +45,7 @@ def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     rows = []
     for row in reader:
         if None in row:
-            raise ValueError(f"{path}, line {reader.line_num}: more fields than the header has ({reader.fieldnames})")
+            raise BadInputError(f"{path}, line {reader.line_num}: more fields than the header has ({reader.fieldnames})")
         rows.append(row)
     return list(reader.fieldnames or []), rows
 
@@ -77,7 +79,7 @@ def read_metadata_csv(path: Path) -> dict[str, dict[str, list[str] | str]]:
     """file_name -> metadata kinds: keywords -> "os"; SynthMusic's closed_tags -> "cs", description -> "fs"."""
     header, rows = read_csv(path)
     if "file_name" not in header:
-        raise ValueError(f"{path}: no 'file_name' column (header: {header})")
+        raise BadInputError(f"{path}: no 'file_name' column (header: {header})")
     metadata: dict[str, dict[str, list[str] | str]] = {}
     for row in rows:
         kinds: dict[str, list[str] | str] = {}
@@ -105,17 +107,17 @@ def load_clotho(
     (SynthMusic is read by this loader too).
     """
     if split not in CLOTHO_SPLITS:
-        raise ValueError(f"unknown {name} split {split!r}; expected one of {CLOTHO_SPLITS}")
+        raise BadInputError(f"unknown {name} split {split!r}; expected one of {CLOTHO_SPLITS}")
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"{name} root folder not found: {root}")
+        raise NotFoundError(f"{name} root folder not found: {root}")
 
     csv_dirs = [root, root / "clotho_csv_files", root / AAC_CLOTHO_DIR / "clotho_csv_files"]
     captions_name = f"clotho_captions_{split}.csv"
     captions_path = first_file(csv_dirs, captions_name)
     if captions_path is None:
         looked = ", ".join(str(folder / captions_name) for folder in csv_dirs)
-        raise FileNotFoundError(f"{name}/{split}: captions CSV not found; looked for {looked}")
+        raise NotFoundError(f"{name}/{split}: captions CSV not found; looked for {looked}")
     metadata_path = first_file([captions_path.parent, *csv_dirs], f"clotho_metadata_{split}.csv")
     metadata = read_metadata_csv(metadata_path) if metadata_path else {}
 
@@ -131,13 +133,13 @@ def load_clotho(
     header, rows = read_csv(captions_path)
     caption_columns = [column for column in header if _CAPTION_COLUMN.fullmatch(column)]
     if "file_name" not in header or not caption_columns:
-        raise ValueError(f"{captions_path}: expected columns file_name,caption_1,... (header: {header})")
+        raise BadInputError(f"{captions_path}: expected columns file_name,caption_1,... (header: {header})")
     items: list[CatalogueItem] = []
     seen: set[str] = set()
     for row in rows:
         file_name = row["file_name"]  # kept exactly: a leading space is part of some names
         if file_name in seen:
-            raise ValueError(f"{captions_path}: file_name {file_name!r} appears twice")
+            raise BadInputError(f"{captions_path}: file_name {file_name!r} appears twice")
         seen.add(file_name)
         items.append(
             CatalogueItem(

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from hybrid_retrieval.errors import BadInputError, MissingDependencyError, OfflineError
 from hybrid_retrieval.hub import offline_switches
 
 from .registry import SPLITS, resolve_split
@@ -34,10 +35,6 @@ _BY_HAND = {
 }
 
 
-class OfflineError(RuntimeError):
-    """A download was requested while an offline switch is set."""
-
-
 def download_dataset(name: str, root: str | Path, splits: str | Sequence[str] | None = None) -> None:
     """Download splits of `name` ("clotho" or "audiocaps"; all splits when None) into `root`.
 
@@ -46,7 +43,7 @@ def download_dataset(name: str, root: str | Path, splits: str | Sequence[str] | 
     """
     if name not in _AAC_SUBSETS:
         generated = " (synthmusic is generated locally, not downloaded)" if name == "synthmusic" else ""
-        raise ValueError(f"cannot download dataset {name!r}{generated}; downloadable: {tuple(_AAC_SUBSETS)}")
+        raise BadInputError(f"cannot download dataset {name!r}{generated}; downloadable: {tuple(_AAC_SUBSETS)}")
     if splits is None:
         splits = SPLITS[name][0]
     elif isinstance(splits, str):
@@ -67,7 +64,7 @@ def download_dataset(name: str, root: str | Path, splits: str | Sequence[str] | 
         else:
             from aac_datasets.datasets.functional.audiocaps import download_audiocaps_datasets
     except ImportError as exc:
-        raise ImportError(
+        raise MissingDependencyError(
             f'downloading needs the optional dependency aac-datasets: pip install "hybrid_retrieval[download]" ({exc})'
         ) from exc
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hybrid_retrieval.errors import BadInputError
+
 # Metadata kinds of Primus & Widmer (EUSIPCO 2024): closed-set tags, open-set keywords,
 # and a free-form sentence. A loader fills the kinds its dataset has.
 METADATA_KINDS = ("cs", "os", "fs")
@@ -33,7 +35,7 @@ class CatalogueItem:
             kinds = tuple(k for k in kinds.split("+") if k)
         unknown = [k for k in kinds if k not in METADATA_KINDS]
         if unknown:
-            raise ValueError(f"unknown metadata kind(s) {unknown}; expected a '+'-joined subset of {METADATA_KINDS}")
+            raise BadInputError(f"unknown metadata kind(s) {unknown}; expected a '+'-joined subset of {METADATA_KINDS}")
         parts = []
         for kind in kinds:
             value = self.metadata.get(kind)

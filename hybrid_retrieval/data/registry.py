@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from hybrid_retrieval.errors import BadInputError
+
 from .audiocaps import AUDIOCAPS_SPLITS, load_audiocaps
 from .clotho import CLOTHO_SPLITS, load_clotho
 from .items import CatalogueItem
@@ -29,13 +31,13 @@ SPLITS: dict[str, tuple[tuple[str, ...], dict[str, str]]] = {
 def resolve_split(dataset: str, split: str) -> str:
     """The dataset's own name for `split`, which may be its own name or an alias (train/val/test/eval)."""
     if dataset not in SPLITS:
-        raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
+        raise BadInputError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
     own, aliases = SPLITS[dataset]
     if split in own:
         return split
     if split in aliases:
         return aliases[split]
-    raise ValueError(f"unknown {dataset} split {split!r}; expected one of {own} or an alias {sorted(aliases)}")
+    raise BadInputError(f"unknown {dataset} split {split!r}; expected one of {own} or an alias {sorted(aliases)}")
 
 
 def load_split(dataset: str, root: str | Path, split: str, *, require_audio: bool = True) -> list[CatalogueItem]:

@@ -111,6 +111,7 @@ from hybrid_retrieval.data.synthmusic_render import (
     soundfont_path,
 )
 from hybrid_retrieval.data.synthmusic_text import MetadataNoise
+from hybrid_retrieval.errors import BadInputError
 from hybrid_retrieval.hub import write_atomic
 
 # The public API of SynthMusic, including what the factor and render modules define.
@@ -212,9 +213,9 @@ class SynthMusicReport:
 
 def _check_count(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+        raise BadInputError(f"{name} must be a non-negative integer, got {value!r}")
     if value < 0:
-        raise ValueError(f"{name} must be a non-negative integer, got {value}")
+        raise BadInputError(f"{name} must be a non-negative integer, got {value}")
     return int(value)
 
 
@@ -225,14 +226,14 @@ def _check_choice(name: str, values, vocabulary: Sequence[str]) -> tuple[str, ..
         values = [values]
     values = list(values)
     if not values:
-        raise ValueError(f"{name} must name at least one of {list(vocabulary)}")
+        raise BadInputError(f"{name} must name at least one of {list(vocabulary)}")
     for v in values:
         if v not in vocabulary:
             singular = name[:-1] if name.endswith("s") else name
-            raise ValueError(f"unknown {singular} value {v!r}; choose from {list(vocabulary)}")
+            raise BadInputError(f"unknown {singular} value {v!r}; choose from {list(vocabulary)}")
     if len(set(values)) != len(values):
         dup = next(v for v in values if values.count(v) > 1)
-        raise ValueError(f"{name} lists {dup!r} more than once")
+        raise BadInputError(f"{name} lists {dup!r} more than once")
     return tuple(v for v in vocabulary if v in values)  # canonical order
 
 
@@ -250,35 +251,35 @@ def validate_parameters(seed, n_train, n_val, n_eval, seconds, workers, genres, 
                         tempo_bins, noise) -> dict:
     """Check every parameter (raising one ValueError naming the bad value) and return them normalised."""
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        raise BadInputError(f"seed must be a non-negative integer, got {seed!r}")
     sizes = {"development": _check_count("n_train", n_train), "validation": _check_count("n_val", n_val),
              "evaluation": _check_count("n_eval", n_eval)}
     if sum(sizes.values()) == 0:
-        raise ValueError("n_train + n_val + n_eval is 0: nothing to generate")
+        raise BadInputError("n_train + n_val + n_eval is 0: nothing to generate")
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1):
-        raise ValueError(f"workers must be a positive integer or None, got {workers!r}")
+        raise BadInputError(f"workers must be a positive integer or None, got {workers!r}")
     genres = _check_choice("genres", genres, GENRES)
     moods = _check_choice("moods", moods, MOODS)
     lead_instruments = _check_choice("lead_instruments", lead_instruments, INSTRUMENTS)
     tempo_bins = _check_choice("tempo_bins", tempo_bins, TEMPO_BINS)
     for g in genres:
         if not any(genre_bin_range(g, b) for b in tempo_bins):
-            raise ValueError(f"genre {g!r} (tempo {GENRE_TEMPO_RANGES[g]} BPM) cannot be played in tempo bins "
+            raise BadInputError(f"genre {g!r} (tempo {GENRE_TEMPO_RANGES[g]} BPM) cannot be played in tempo bins "
                              f"{list(tempo_bins)}")
     for b in tempo_bins:
         if not any(genre_bin_range(g, b) for g in genres):
-            raise ValueError(f"tempo bin {b!r} {TEMPO_BIN_EDGES[b]} is not reachable by genres {list(genres)}")
+            raise BadInputError(f"tempo bin {b!r} {TEMPO_BIN_EDGES[b]} is not reachable by genres {list(genres)}")
     try:
         seconds = float(seconds)
     except (TypeError, ValueError):
-        raise ValueError(f"seconds must be a number, got {seconds!r}") from None
+        raise BadInputError(f"seconds must be a number, got {seconds!r}") from None
     minimum = _min_seconds(genres, tempo_bins)
     if not math.isfinite(seconds) or seconds < minimum:
-        raise ValueError(f"seconds={seconds!r} is too short: one bar at the slowest tempo needs {minimum:.2f} s")
+        raise BadInputError(f"seconds={seconds!r} is too short: one bar at the slowest tempo needs {minimum:.2f} s")
     if seconds > MAX_SECONDS:
-        raise ValueError(f"seconds={seconds!r} is longer than the supported {MAX_SECONDS:.0f} s")
+        raise BadInputError(f"seconds={seconds!r} is longer than the supported {MAX_SECONDS:.0f} s")
     if noise is not None and not isinstance(noise, MetadataNoise):
-        raise ValueError(f"noise must be a MetadataNoise, got {type(noise).__name__}")
+        raise BadInputError(f"noise must be a MetadataNoise, got {type(noise).__name__}")
     return dict(seed=int(seed), sizes=sizes, seconds=seconds, genres=list(genres), moods=list(moods),
                 lead_instruments=list(lead_instruments), tempo_bins=list(tempo_bins),
                 noise=(noise or MetadataNoise()).to_dict())
@@ -376,14 +377,14 @@ def build_synthmusic(out_dir: str | Path, seed: int = 0, n_train: int = 1200, n_
     noise = noise or MetadataNoise()
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"out_dir {out_dir} exists and is not a directory")
+        raise BadInputError(f"out_dir {out_dir} exists and is not a directory")
     params["environment"] = _environment()
     if _manifest_matches(out_dir, params):
         log.info("SynthMusic in %s is complete and matches the parameters; nothing to do", out_dir)
         return SynthMusicReport(out_dir, True, 0, 0, time.perf_counter() - t0)
     if out_dir.is_dir() and not (out_dir / MARKER_NAME).exists() and not (out_dir / MANIFEST_NAME).exists() \
             and any(out_dir.glob("clotho_*")):
-        raise ValueError(f"{out_dir} holds a Clotho-style dataset that SynthMusic did not write; "
+        raise BadInputError(f"{out_dir} holds a Clotho-style dataset that SynthMusic did not write; "
                          "refusing to overwrite it")
 
     # Plan everything in memory first (factors and text are cheap).

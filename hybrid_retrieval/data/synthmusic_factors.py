@@ -16,6 +16,8 @@ from typing import Sequence
 
 import numpy as np
 
+from hybrid_retrieval.errors import BadInputError
+
 VERSION = 1  # of the generator: part of every clip's spec hash and of the manifest
 SPLITS = ("development", "validation", "evaluation")
 SPLIT_CODE = {"development": 0, "validation": 1, "evaluation": 2}
@@ -82,7 +84,7 @@ def tempo_bin(bpm: float) -> str:
             return name
     if bpm == TEMPO_BIN_EDGES[TEMPO_BINS[-1]][1]:
         return TEMPO_BINS[-1]
-    raise ValueError(f"tempo {bpm} BPM is outside {TEMPO_RANGE}")
+    raise BadInputError(f"tempo {bpm} BPM is outside {TEMPO_RANGE}")
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
+from hybrid_retrieval.errors import NotFoundError
 from hybrid_retrieval.audio.io import SAMPLE_RATE
 from hybrid_retrieval.data.synthmusic_factors import (
     ACCOMPANIMENT_PROGRAMS,
@@ -37,7 +38,7 @@ def soundfont_path() -> Path:
 
     path = Path(pretty_midi.__file__).resolve().parent / "TimGM6mb.sf2"
     if not path.is_file():
-        raise FileNotFoundError(f"TimGM6mb.sf2 not found in the pretty_midi package at {path}")
+        raise NotFoundError(f"TimGM6mb.sf2 not found in the pretty_midi package at {path}")
     return path
 
 

@@ -37,6 +37,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from hybrid_retrieval.errors import BadInputError
+
 CAPTIONS_PER_CLIP = 5
 CAPTION_MIN_WORDS = 8
 CAPTION_MAX_WORDS = 20
@@ -90,11 +92,11 @@ class MetadataNoise:
             for key, prob in values:
                 limit = 20.0 if key == "os_irrelevant_mean" else 1.0
                 if not (isinstance(prob, (int, float)) and 0.0 <= float(prob) <= limit):
-                    raise ValueError(f"MetadataNoise.{name}: {key}={prob!r} is not in [0, {limit}]")
+                    raise BadInputError(f"MetadataNoise.{name}: {key}={prob!r} is not in [0, {limit}]")
         missing = {"genre", "mood", "instrument", "tempo", "accompaniment", "event", "key"} - set(self.caption_mention)
         missing |= {"genre", "mood", "instrument", "tempo", "bpm", "key", "accompaniment"} - set(self.os_keep)
         if missing:
-            raise ValueError(f"MetadataNoise: missing probabilities for {sorted(missing)}")
+            raise BadInputError(f"MetadataNoise: missing probabilities for {sorted(missing)}")
 
     def to_dict(self) -> dict:
         return asdict(self)

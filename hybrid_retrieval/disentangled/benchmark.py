@@ -19,6 +19,7 @@ from hybrid_retrieval.disentangled.checkpoint import save_model
 from hybrid_retrieval.disentangled.evaluation import DEFAULT_TRIPLETS, evaluate_triplets
 from hybrid_retrieval.disentangled.features import create_source, load_track_features
 from hybrid_retrieval.disentangled.training import fit, split_csn_config
+from hybrid_retrieval.errors import BadInputError
 from hybrid_retrieval.experiments.config import compose, merge
 
 log = logging.getLogger("hybrid_retrieval")
@@ -69,7 +70,7 @@ def _run(data_root: str | Path, cache_dir: str | Path | None, seed: int, configs
     for name, (model_config, train_config) in parsed.items():
         if (model_config.encoder, model_config.audio_encoder, model_config.conditions, train_config.label_columns) != (
                 first_model.encoder, first_model.audio_encoder, first_model.conditions, first_train.label_columns):
-            raise ValueError(f"config {name!r} uses other features, conditions or labels than {configs[0]!r}; "
+            raise BadInputError(f"config {name!r} uses other features, conditions or labels than {configs[0]!r}; "
                              "the rows of one table must share them")
     source = create_source(first_model.encoder, first_model.audio_encoder, first_train.audio_weights)
     load = dict(conditions=first_model.conditions, label_columns=first_train.label_columns, cache_dir=cache_dir,

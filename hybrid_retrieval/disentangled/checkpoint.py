@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from hybrid_retrieval.disentangled.features import FeatureSource, create_source
 from hybrid_retrieval.disentangled.model import ConditionalSimilarityNet, CSNConfig
+from hybrid_retrieval.errors import BadInputError, IncompatibleModelError, NotFoundError
 from hybrid_retrieval.fingerprint import fingerprint_hash, module_state_hash
 from hybrid_retrieval.hub import atomic_directory, cache_dir
 
@@ -28,7 +29,7 @@ TRAIN_HINT = ("train one with `python scripts/train_disentangled.py with export_
               "(installs it as the default), or pass --checkpoint RUN_DIR")
 
 
-class ModelNotFoundError(FileNotFoundError):
+class ModelNotFoundError(NotFoundError):
     """No saved similarity model where one was expected."""
 
 
@@ -76,12 +77,12 @@ def load_model(path: str | Path | None = None, weights: str | None = None,
     directory = find_model(path)
     config = json.loads((directory / "config.json").read_text())
     if config.get("format") != FORMAT:
-        raise ValueError(f"{directory} is not a similarity model of format {FORMAT} (found {config.get('format')})")
+        raise BadInputError(f"{directory} is not a similarity model of format {FORMAT} (found {config.get('format')})")
     model_config = CSNConfig.from_dict(config["model"])
     source = create_source(model_config.encoder, model_config.audio_encoder,
                            weights or config["train"].get("audio_weights"), window_seconds)
     if source.fingerprint() != config["features"]:
-        raise ValueError(f"{directory} was trained on features {config['features']} but the source rebuilt here "
+        raise IncompatibleModelError(f"{directory} was trained on features {config['features']} but the source rebuilt here "
                          f"differs ({source.fingerprint()}); point to the same pretrained weights")
     model = ConditionalSimilarityNet(model_config, source.dim)
     model.load_state_dict(load_file(str(directory / "model.safetensors")), strict=True)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 
 def add_similar_command(sub: argparse._SubParsersAction) -> None:
@@ -37,16 +36,11 @@ def add_similar_command(sub: argparse._SubParsersAction) -> None:
 
 
 def _similar(args: argparse.Namespace) -> int:
-    from hybrid_retrieval.disentangled.checkpoint import ModelNotFoundError
     from hybrid_retrieval.disentangled.search import SimilaritySearch
 
-    try:
-        search = SimilaritySearch.from_checkpoint(args.checkpoint, args.catalog, args.cache_dir, args.weights,
-                                                  progress=not args.json)
-        matches = search.query(args.query, args.condition, args.top)
-    except (ModelNotFoundError, ValueError) as exc:  # AudioLoadError is a ValueError
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    search = SimilaritySearch.from_checkpoint(args.checkpoint, args.catalog, args.cache_dir, args.weights,
+                                              progress=not args.json)
+    matches = search.query(args.query, args.condition, args.top)
     if args.save_catalog:
         search.catalogue.save(args.save_catalog)
     if args.json:

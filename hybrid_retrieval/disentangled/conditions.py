@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from hybrid_retrieval.audio.io import SAMPLE_RATE, load_audio
+from hybrid_retrieval.errors import BadInputError, NotFoundError
 
 log = logging.getLogger("hybrid_retrieval")
 
@@ -42,7 +43,7 @@ class TempoTolerance:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.positive < self.negative:
-            raise ValueError(f"tempo tolerance needs 0 <= positive < negative, got {self.positive}, {self.negative}")
+            raise BadInputError(f"tempo tolerance needs 0 <= positive < negative, got {self.positive}, {self.negative}")
 
 
 def tempo_relations(bpm: Tensor, ref_bpm: Tensor | None = None,
@@ -111,7 +112,7 @@ def load_labels(data_root: str | Path, split: str, conditions: Sequence[str] = D
     columns = {**DEFAULT_LABEL_COLUMNS, **(label_columns or {})}
     table = root / f"factors_{split}.csv"
     if not table.is_file():
-        raise FileNotFoundError(f"no label table {table} (expected SynthMusic's layout: factors_{{split}}.csv "
+        raise NotFoundError(f"no label table {table} (expected SynthMusic's layout: factors_{{split}}.csv "
                                 f"beside clotho_audio_{{split}}/)")
     with open(table, newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))[:limit]
@@ -128,7 +129,7 @@ def load_labels(data_root: str | Path, split: str, conditions: Sequence[str] = D
                                  for cell, path in zip(cells, paths)]
         else:
             if rows and column not in rows[0]:
-                raise ValueError(f"{table} has no column {column!r} for condition {condition!r}; "
+                raise BadInputError(f"{table} has no column {column!r} for condition {condition!r}; "
                                  f"set label_columns.{condition}")
             labels[condition] = [row[column] for row in rows]
     return LabelledTracks(paths, labels)

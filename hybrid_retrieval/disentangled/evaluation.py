@@ -15,6 +15,7 @@ from torch import Tensor
 from hybrid_retrieval.disentangled.conditions import TempoTolerance, encode_labels, relations
 from hybrid_retrieval.disentangled.features import FeatureSource, TrackFeatures, segment_frames
 from hybrid_retrieval.disentangled.model import ConditionalSimilarityNet, embed_tracks
+from hybrid_retrieval.errors import BadInputError
 
 DEFAULT_TRIPLETS = 3000
 
@@ -25,7 +26,7 @@ def sample_triplets(condition: str, labels: list, n: int, seed: int = 0,
     similar, different = relations(condition, encode_labels(condition, labels), tolerance)
     anchors = torch.nonzero(similar.any(1) & different.any(1)).flatten().numpy()
     if not len(anchors):
-        raise ValueError(f"no triplet can be formed for condition {condition!r} from {len(labels)} tracks")
+        raise BadInputError(f"no triplet can be formed for condition {condition!r} from {len(labels)} tracks")
     rng = np.random.default_rng([seed, sum(map(ord, condition))])
     triplets = np.empty((n, 3), dtype=np.int64)
     for row, anchor in enumerate(rng.choice(anchors, size=n)):

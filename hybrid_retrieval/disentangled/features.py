@@ -29,6 +29,7 @@ from hybrid_retrieval.audio.tower import AudioTower, create_audio_tower
 from hybrid_retrieval.cache import FeatureCache, audio_key
 from hybrid_retrieval.disentangled.conditions import LabelledTracks, load_labels
 from hybrid_retrieval.embedding import audio_outputs
+from hybrid_retrieval.errors import BadInputError
 from hybrid_retrieval.outputs import TowerOutput
 
 # EfficientAT's MobileNetV3 halves the time axis five times: one token per 32 mel frames.
@@ -42,7 +43,7 @@ class TowerTokens:
 
     def __init__(self, tower: AudioTower, window_seconds: float | None = None) -> None:
         if not tower.spec.startswith("efficientat:"):
-            raise ValueError(f"token segments need an EfficientAT tower (known time stride), got {tower.spec}")
+            raise BadInputError(f"token segments need an EfficientAT tower (known time stride), got {tower.spec}")
         self.tower = tower.eval()
         self.window_seconds = window_seconds
         self.dim = tower.embed_dim
@@ -99,7 +100,7 @@ def create_source(encoder: str, audio_encoder: str = "efficientat:mn04_as", weig
         return TowerTokens(create_audio_tower(audio_encoder, pretrained=True, weights=weights), window_seconds)
     if encoder == "melcnn":
         return LogMelFrames()
-    raise ValueError(f"unknown encoder {encoder!r}; known: tokens, melcnn")
+    raise BadInputError(f"unknown encoder {encoder!r}; known: tokens, melcnn")
 
 
 @dataclass
@@ -131,7 +132,7 @@ def min_shift(length: int, max_overlap: float) -> int:
     """Smallest start distance of two `length`-frame segments that overlap by at most
     `max_overlap` of a segment (overlap = length - distance, in whole frames)."""
     if not 0.0 <= max_overlap < 1.0:
-        raise ValueError(f"max_overlap must be in [0, 1), got {max_overlap}")
+        raise BadInputError(f"max_overlap must be in [0, 1), got {max_overlap}")
     return length - math.floor(max_overlap * length + 1e-9)
 
 

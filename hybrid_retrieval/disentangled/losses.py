@@ -24,6 +24,7 @@ from pytorch_metric_learning.miners import BaseMiner, TripletMarginMiner
 from torch import Tensor, nn
 
 from hybrid_retrieval.disentangled.conditions import TEMPO, TempoTolerance, tempo_relations
+from hybrid_retrieval.errors import BadInputError
 
 
 @dataclass
@@ -98,7 +99,7 @@ class DisentangledLoss(nn.Module):
         super().__init__()
         kept = {name: (term, float(weight)) for name, (term, weight) in terms.items() if weight}
         if not kept:
-            raise ValueError("every loss term has weight 0")
+            raise BadInputError("every loss term has weight 0")
         self.terms = nn.ModuleDict({name: term for name, (term, _) in kept.items()})
         self.weights = {name: weight for name, (_, weight) in kept.items()}
 
@@ -120,7 +121,7 @@ def build_loss(conditions: list[str], condition_weights: dict[str, float], track
     `condition_weights` has weight 1."""
     unknown = sorted(set(condition_weights) - set(conditions))
     if unknown:
-        raise ValueError(f"condition_weights names unknown condition(s) {unknown}; conditions: {conditions}")
+        raise BadInputError(f"condition_weights names unknown condition(s) {unknown}; conditions: {conditions}")
     terms: dict[str, tuple[nn.Module, float]] = {
         c: (ConditionTriplet(c, i, margin, tolerance), condition_weights.get(c, 1.0)) for i, c in enumerate(conditions)}
     terms["track"] = (TrackRegularization(margin), track_weight)

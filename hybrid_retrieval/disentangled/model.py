@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from hybrid_retrieval.config_base import StrictConfig
 from hybrid_retrieval.disentangled.conditions import DEFAULT_CONDITIONS
 from hybrid_retrieval.disentangled.features import tile_starts
+from hybrid_retrieval.errors import BadInputError
 
 MASK_KINDS = ("fixed", "learned", "none")
 HEAD_KINDS = ("shared", "separate")
@@ -42,14 +43,14 @@ class CSNConfig(StrictConfig):
     def __post_init__(self) -> None:
         self.conditions = list(self.conditions)
         if not self.conditions or len(set(self.conditions)) != len(self.conditions) or ALL in self.conditions:
-            raise ValueError(f"conditions must be distinct names other than {ALL!r}, got {self.conditions}")
+            raise BadInputError(f"conditions must be distinct names other than {ALL!r}, got {self.conditions}")
         if self.masks not in MASK_KINDS or self.heads not in HEAD_KINDS:
-            raise ValueError(f"masks must be one of {MASK_KINDS} and heads one of {HEAD_KINDS}, "
+            raise BadInputError(f"masks must be one of {MASK_KINDS} and heads one of {HEAD_KINDS}, "
                              f"got {self.masks!r}, {self.heads!r}")
         if self.heads == "separate" and self.masks != "fixed":
-            raise ValueError("heads=separate (one model per condition) needs masks=fixed")
+            raise BadInputError("heads=separate (one model per condition) needs masks=fixed")
         if self.masks != "none" and self.embed_dim % len(self.conditions):
-            raise ValueError(f"embed_dim {self.embed_dim} does not split into {len(self.conditions)} equal subspaces")
+            raise BadInputError(f"embed_dim {self.embed_dim} does not split into {len(self.conditions)} equal subspaces")
 
 
 
@@ -110,7 +111,7 @@ class ConditionalSimilarityNet(nn.Module):
         elif config.encoder == "melcnn":
             self.heads = nn.ModuleList(MelCNN(config.hidden, d) for d in out_dims)
         else:
-            raise ValueError(f"unknown encoder {config.encoder!r}; known: tokens, melcnn")
+            raise BadInputError(f"unknown encoder {config.encoder!r}; known: tokens, melcnn")
         if config.masks == "learned":
             self.mask_weights = nn.Parameter(torch.normal(0.9, 0.7, (n, config.embed_dim)))
         else:
@@ -126,7 +127,7 @@ class ConditionalSimilarityNet(nn.Module):
 
     def condition_index(self, condition: str) -> int:
         if condition not in self.config.conditions:
-            raise ValueError(f"unknown condition {condition!r}; this model knows {self.config.conditions + [ALL]}")
+            raise BadInputError(f"unknown condition {condition!r}; this model knows {self.config.conditions + [ALL]}")
         return self.config.conditions.index(condition)
 
     def subspace(self, embeddings: Tensor, condition: str) -> Tensor:

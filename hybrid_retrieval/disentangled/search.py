@@ -13,19 +13,17 @@ catalogue is left out of its own results.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor
 
 from hybrid_retrieval.disentangled.checkpoint import find_model, load_model, model_fingerprint
 from hybrid_retrieval.disentangled.features import FeatureSource, segment_frames
 from hybrid_retrieval.disentangled.model import ALL, ConditionalSimilarityNet, embed_tracks
-from hybrid_retrieval.hub import atomic_path
+from hybrid_retrieval.errors import BadInputError, IncompatibleModelError
+from hybrid_retrieval.tensorfile import json_tensor, load_tensor_file, save_tensor_file, tensor_json
 
 CATALOGUE_FORMAT = "hybrid_retrieval.disentangled.catalogue/1"
 # Files longer than this go through the tower in windows (bounds memory on long recordings).
@@ -47,25 +45,17 @@ class Catalogue:
     fingerprint: str
 
     def save(self, path: str | Path) -> Path:
-        """Write one safetensors file atomically (temporary file, then os.replace)."""
-        header = {"format": CATALOGUE_FORMAT, "fingerprint": self.fingerprint}
-        with atomic_path(path) as tmp:
-            save_file({"embeddings": self.embeddings.float().contiguous(),
-                       "paths": torch.frombuffer(bytearray(json.dumps(self.paths).encode()), dtype=torch.uint8)},
-                      str(tmp), metadata={"header": json.dumps(header)})
-        return Path(path)
+        """Write one file atomically (`tensorfile`: safetensors with a JSON header)."""
+        return save_tensor_file(path, {"embeddings": self.embeddings.float(), "paths": json_tensor(self.paths)},
+                                {"format": CATALOGUE_FORMAT, "fingerprint": self.fingerprint})
 
     @classmethod
     def load(cls, path: str | Path) -> Catalogue:
+        header, tensors = load_tensor_file(path, CATALOGUE_FORMAT, "similarity catalogue")
         try:
-            with safe_open(str(path), "pt") as handle:
-                header = json.loads((handle.metadata() or {}).get("header", "{}"))
-                embeddings, paths = handle.get_tensor("embeddings"), handle.get_tensor("paths")
-        except Exception as exc:  # safetensors raises SafetensorError, OSError, KeyError, ...
-            raise ValueError(f"{path} is not a similarity catalogue: {exc}") from exc
-        if header.get("format") != CATALOGUE_FORMAT:
-            raise ValueError(f"{path} is not a similarity catalogue of format {CATALOGUE_FORMAT}")
-        return cls(embeddings, json.loads(bytes(paths.numpy()).decode()), header["fingerprint"])
+            return cls(tensors["embeddings"], tensor_json(tensors["paths"]), header["fingerprint"])
+        except KeyError as exc:
+            raise BadInputError(f"{path} is a damaged similarity catalogue: {exc} is missing") from exc
 
 
 class SimilaritySearch:
@@ -106,22 +96,22 @@ class SimilaritySearch:
         if path.is_file():
             catalogue = Catalogue.load(path)
             if catalogue.fingerprint != self.fingerprint:
-                raise ValueError(f"catalogue {path} was embedded by another model ({catalogue.fingerprint}, this one "
+                raise IncompatibleModelError(f"catalogue {path} was embedded by another model ({catalogue.fingerprint}, this one "
                                  f"is {self.fingerprint}); embed the folder again with this checkpoint")
             return catalogue
         if not path.is_dir():
-            raise ValueError(f"--catalog {catalog}: neither a folder of audio nor a catalogue file")
-        from hybrid_retrieval.index import load_catalogue  # the retrieval index's folder reader
+            raise BadInputError(f"--catalog {catalog}: neither a folder of audio nor a catalogue file")
+        from hybrid_retrieval.data.catalogue import load_catalogue
 
         files = [str(item.audio_path.resolve()) for item in load_catalogue(path)]
         if not files:
-            raise ValueError(f"no readable audio files in {path}")
+            raise BadInputError(f"no readable audio files in {path}")
         return Catalogue(self.embed(files, progress), files, self.fingerprint)
 
     def query(self, audio: str | Path, condition: str = ALL, top: int = 10) -> list[Match]:
         """The catalogue's `top` tracks most similar to an audio file in one condition (or "all")."""
         if self.catalogue is None:
-            raise ValueError("no catalogue to search: pass catalog= to from_checkpoint or set .catalogue")
+            raise BadInputError("no catalogue to search: pass catalog= to from_checkpoint or set .catalogue")
         if condition != ALL:
             self.model.condition_index(condition)  # unknown names fail before any audio is read
         query = str(Path(audio).resolve())

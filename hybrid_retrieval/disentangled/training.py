@@ -38,6 +38,7 @@ from hybrid_retrieval.disentangled.features import (
 )
 from hybrid_retrieval.disentangled.losses import TripletBatch, build_loss
 from hybrid_retrieval.disentangled.model import ConditionalSimilarityNet, CSNConfig
+from hybrid_retrieval.errors import BadInputError
 
 log = logging.getLogger("hybrid_retrieval")
 
@@ -79,7 +80,7 @@ def split_csn_config(flat: dict) -> tuple[CSNConfig, CSNTrainConfig]:
     model_part, train_part = partition_keys(flat, CSNConfig, CSNTrainConfig)
     model, train = CSNConfig(**model_part), CSNTrainConfig(**train_part)
     if train.mask_l1 and model.masks != "learned":
-        raise ValueError("mask_l1 applies to learned masks only (masks=learned)")
+        raise BadInputError("mask_l1 applies to learned masks only (masks=learned)")
     return model, train
 
 
@@ -92,7 +93,7 @@ def sample_segments(sequences: list[Tensor], idx: np.ndarray, length: int, max_o
     for row, i in enumerate(idx):
         seq = sequences[i]
         if len(seq) < length:
-            raise ValueError(f"track {i} has {len(seq)} frames, fewer than a segment ({length})")
+            raise BadInputError(f"track {i} has {len(seq)} frames, fewer than a segment ({length})")
         pair = sample_segment_pair(len(seq), length, max_overlap, rng) if track_pairs else None
         start = pair[0] if pair is not None else int(rng.integers(len(seq) - length + 1))
         first.append(seq[start:start + length])
@@ -118,7 +119,7 @@ def fit(model_config: CSNConfig, train_config: CSNTrainConfig, source: FeatureSo
     batches = [(s, min(s + train_config.batch_size, n)) for s in range(0, n, train_config.batch_size)]
     batches = [b for b in batches if b[1] - b[0] >= 2]  # a lone track forms no triplet
     if not batches:
-        raise ValueError(f"{n} training track(s): too few for triplets")
+        raise BadInputError(f"{n} training track(s): too few for triplets")
     optimizer = torch.optim.AdamW(model.parameters(), lr=train_config.lr, weight_decay=train_config.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=train_config.epochs * len(batches))
     history = []

@@ -150,12 +150,15 @@ def _unit_vectors(n: int, dim: int, seed: int, structured: bool) -> torch.Tensor
 
 
 def measure_search(backend: str, n: int, dim: int, device: str, structured: bool) -> dict:
-    from hybrid_retrieval.index import build_approximate, exact_search, recall_at_k
+    from hybrid_retrieval.index.backends.base import recall_at_k
+    from hybrid_retrieval.index.backends.exact import exact_search
 
     items = _unit_vectors(n, dim, 0, structured)
     queries = _unit_vectors(1200, dim, 1, structured)
     result: dict = {}
     if backend == "ivf":
+        from hybrid_retrieval.index.backends.faiss_backend import build_approximate
+
         started = time.perf_counter()
         index, settings = build_approximate(items, "ivf", 0.95, queries[:200], progress=False)
         result["build_s"] = round(time.perf_counter() - started, 1)
@@ -166,12 +169,16 @@ def measure_search(backend: str, n: int, dim: int, device: str, structured: bool
 
         def search(q: torch.Tensor) -> None:
             index.search(q.numpy(), 10)
-    else:
-        if backend == "torch":
-            items, queries = items.to(device), queries.to(device)
+    elif backend == "faiss":  # FAISS's brute-force kernel (IndexFlatIP's), without copying the items
+        import faiss
 
         def search(q: torch.Tensor) -> None:
-            exact_search(items, q, 10, backend=backend)
+            faiss.knn(q.numpy(), items.numpy(), 10, metric=faiss.METRIC_INNER_PRODUCT)
+    else:
+        items, queries = items.to(device), queries.to(device)
+
+        def search(q: torch.Tensor) -> None:
+            exact_search(items, q, 10)
     setup_rss = _rss_mb()
     place = device if backend == "torch" else "cpu"
     singles = iter(range(400, 1200))

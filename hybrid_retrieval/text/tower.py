@@ -17,6 +17,7 @@ from torch import nn
 from transformers import AutoModel, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
+from hybrid_retrieval.errors import BadInputError, NotFoundError
 from hybrid_retrieval.fingerprint import module_state_hash
 from hybrid_retrieval.outputs import TowerOutput
 
@@ -62,14 +63,14 @@ class TextTower(nn.Module):
                  normalize: bool = True) -> None:
         super().__init__()
         if pooling not in ("mean", "cls"):
-            raise ValueError(f"text pooling must be 'mean' or 'cls', not {pooling!r}")
+            raise BadInputError(f"text pooling must be 'mean' or 'cls', not {pooling!r}")
         path = resolve_text_model(name_or_path)
         try:
             with _quiet_loading() if Path(path).is_dir() else contextlib.nullcontext():
                 self.tokenizer = AutoTokenizer.from_pretrained(path)
                 self.model = AutoModel.from_pretrained(path)
         except OSError as exc:
-            raise OSError(
+            raise NotFoundError(
                 f"cannot load text model {name_or_path!r}: {exc}\nUse a local folder, the bundled default "
                 f"'{DEFAULT_TEXT_MODEL}', or a hub id while online (HF_HUB_OFFLINE unset)."
             ) from exc

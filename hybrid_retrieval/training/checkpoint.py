@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from hybrid_retrieval.errors import BadInputError, IncompatibleModelError, NotFoundError
 from hybrid_retrieval.hub import atomic_directory, atomic_path
 from hybrid_retrieval.model import ModelConfig, RetrievalModel, create_model
 
@@ -128,7 +129,7 @@ def find_checkpoint(path: str | Path) -> Path:
         pointer = folder / "latest.json"
         if pointer.is_file():
             return folder / json.loads(pointer.read_text())["checkpoint"]
-    raise FileNotFoundError(f"no checkpoint found at {path} (expected a checkpoint directory with config.json "
+    raise NotFoundError(f"no checkpoint found at {path} (expected a checkpoint directory with config.json "
                             f"and model.safetensors, or a folder with checkpoints/latest.json)")
 
 
@@ -150,14 +151,14 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
         tower = model.audio_tower if name == "audio" else model.text_tower
         actual = tower.fingerprint()
         if actual != recorded:
-            raise ValueError(f"checkpoint {directory} was trained with a frozen {name} tower {recorded} but the "
+            raise IncompatibleModelError(f"checkpoint {directory} was trained with a frozen {name} tower {recorded} but the "
                              f"tower rebuilt here differs ({actual}); point to the same pretrained weights")
     weights = load_file(str(directory / "model.safetensors"))
     missing, unexpected = model.load_state_dict(weights, strict=False)
     skip = tuple(FROZEN_PREFIXES[name] for name in frozen)
     missing = [k for k in missing if not k.startswith(skip)]
     if missing or unexpected:
-        raise ValueError(f"checkpoint {directory} does not fit its model config: missing {missing[:5]}, "
+        raise BadInputError(f"checkpoint {directory} does not fit its model config: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}")
     model.freeze(audio="audio" in frozen, text="text" in frozen)
     return model.to(device), config
@@ -167,7 +168,7 @@ def load_training_state(path: str | Path) -> TrainingState:
     directory = find_checkpoint(path)
     config = json.loads((directory / "config.json").read_text())
     if not (directory / "optimizer.safetensors").is_file():
-        raise FileNotFoundError(f"checkpoint {directory} holds no optimizer state; it cannot be resumed")
+        raise NotFoundError(f"checkpoint {directory} holds no optimizer state; it cannot be resumed")
     tensors = load_file(str(directory / "optimizer.safetensors"))
     trainer = json.loads((directory / "trainer.json").read_text())
     rng = {k[len("rng."):]: v for k, v in tensors.items() if k.startswith("rng.")}

@@ -47,7 +47,7 @@ class GlobalBatchSampler(Sampler[list[int]]):
 
     def __init__(self, n: int, global_batch: int, seed: int, rank: int = 0, world: int = 1) -> None:
         if global_batch % world:
-            raise ValueError(f"batch_size={global_batch} is not divisible by the {world} processes")
+            raise BadInputError(f"batch_size={global_batch} is not divisible by the {world} processes")
         self.n, self.global_batch, self.seed, self.rank, self.world = n, global_batch, seed, rank, world
         self.epoch = 0
 

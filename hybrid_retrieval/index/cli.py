@@ -4,7 +4,7 @@
     hybrid-retrieval search catalogue.index "a dog barks in the rain" --top 10
 
 AUDIO_DIR_OR_DATASET is a folder (its audio files, searched recursively) or a dataset split
-DATASET:ROOT:SPLIT such as synthmusic:data/synthmusic:evaluation; see index.load_catalogue.
+DATASET:ROOT:SPLIT such as synthmusic:data/synthmusic:evaluation; see data.catalogue.
 The handlers import the model code when they run, so that building the parser (which every
 sub-command does, `tag` included) stays as cheap as it was.
 """
@@ -15,6 +15,8 @@ import json
 import logging
 import sys
 from pathlib import Path
+
+from hybrid_retrieval.errors import NotFoundError
 
 
 def add_index_commands(sub: argparse._SubParsersAction) -> None:
@@ -61,7 +63,8 @@ def add_index_commands(sub: argparse._SubParsersAction) -> None:
     search.set_defaults(func=_search)
 
 
-def _load_model(checkpoint: str, device: str):
+def load_model(checkpoint: str, device: str):
+    """(model in eval mode, {"path", "epoch", "step"}) of a checkpoint or run directory."""
     from hybrid_retrieval.training.checkpoint import find_checkpoint, load_checkpoint
     from hybrid_retrieval.training.loop import resolve_device
 
@@ -70,20 +73,22 @@ def _load_model(checkpoint: str, device: str):
     return model.eval(), {"path": str(directory), "epoch": config.get("epoch"), "step": config.get("step")}
 
 
+def read_lines(path: str | Path) -> list[str]:
+    """The non-empty lines of a UTF-8 text file, stripped."""
+    path = Path(path)
+    if not path.is_file():
+        raise NotFoundError(f"file not found: {path}")
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 def _build(args: argparse.Namespace) -> int:
-    from hybrid_retrieval.index import build_index, load_catalogue, save_index
+    from hybrid_retrieval.data.catalogue import load_catalogue
+    from hybrid_retrieval.index import build_index, save_index
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        model, checkpoint = _load_model(args.checkpoint, args.device)
-        items = load_catalogue(args.source, args.metadata)
-        recall_queries = None
-        if args.recall_queries:
-            lines = Path(args.recall_queries).read_text(encoding="utf-8").splitlines()
-            recall_queries = [line.strip() for line in lines if line.strip()]
-    except FileNotFoundError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    model, checkpoint = load_model(args.checkpoint, args.device)
+    items = load_catalogue(args.source, args.metadata)
+    recall_queries = read_lines(args.recall_queries) if args.recall_queries else None
     if args.metadata and not model.uses_metadata:
         print(f"note: the checkpoint is content-only (fusion={model.config.fusion!r}); --metadata is not used",
               file=sys.stderr)
@@ -93,12 +98,14 @@ def _build(args: argparse.Namespace) -> int:
     save_index(index, args.out)
     print(f"indexed {len(index)} items ({index.info['dim']}-d) from {args.source} with {checkpoint['path']} "
           f"-> {args.out}")
-    if index.info["approximate"]:
-        _print_approximate(index.info["approximate"])
+    _print_search(index.info["search"])
     return 0
 
 
-def _print_approximate(settings: dict) -> None:
+def _print_search(settings: dict) -> None:
+    if settings["backend"] == "torch":
+        print("search: exact")
+        return
     print(f"approximate: {settings['factory']} with {settings['parameter']}={settings['value']}: "
           f"recall@10 {settings['recall@10']:.3f} against exact search on {settings['recall_queries']['count']} "
           f"{settings['recall_queries']['kind']} (target {settings['target_recall']})")
@@ -117,10 +124,7 @@ def _info(args: argparse.Namespace) -> int:
           f"weights sha256 {info['model']['weights'][:12]}")
     kinds = info["embedding"]["metadata_kinds"]
     print(f"items: audio{f' + metadata ({kinds})' if kinds else ' only'}")
-    if info["approximate"]:
-        _print_approximate(info["approximate"])
-    else:
-        print("search: exact")
+    _print_search(info["search"])
     return 0
 
 
@@ -130,11 +134,11 @@ def _search(args: argparse.Namespace) -> int:
 
     index = load_index(args.index)
     try:
-        model, _ = _load_model(args.checkpoint or index.checkpoint, args.device)
-    except FileNotFoundError as exc:
-        hint = "" if args.checkpoint else " (the index's checkpoint has moved? pass --checkpoint)"
-        print(f"error: {exc}{hint}", file=sys.stderr)
-        return 2
+        model, _ = load_model(args.checkpoint or index.checkpoint, args.device)
+    except NotFoundError as exc:
+        if args.checkpoint:
+            raise
+        raise NotFoundError(f"{exc} (the index's checkpoint has moved? pass --checkpoint)") from exc
     index.check_model(model)
     scores, rows = index.search(embed_queries(model, args.queries, progress=False), args.top, exact=args.exact)
     for query, row_scores, row_ids in zip(args.queries, scores.tolist(), rows.tolist()):

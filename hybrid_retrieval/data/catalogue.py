@@ -1,0 +1,68 @@
+"""Catalogues to index or search: the audio files of a folder, or a dataset split, with metadata.
+
+A source is a folder, whose audio files (AUDIO_SUFFIXES, searched recursively) become items with
+their path relative to the folder as id, or `DATASET:ROOT:SPLIT` (e.g.
+`synthmusic:data/synthmusic:evaluation`, `clotho:/data/clotho:evaluation`): the split's items with
+the dataset's metadata. A metadata CSV in Clotho's layout (a `file_name` column and any of
+keywords, closed_tags, description) can replace the metadata of the items it names.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import soundfile as sf
+
+from hybrid_retrieval.data.clotho import read_metadata_csv
+from hybrid_retrieval.data.items import CatalogueItem
+from hybrid_retrieval.data.registry import DATASETS, load_split
+from hybrid_retrieval.errors import BadInputError
+
+log = logging.getLogger("hybrid_retrieval")
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff")
+
+
+def audio_files(folder: str | Path) -> list[Path]:
+    """The audio files under `folder` (by suffix, recursively), sorted."""
+    return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+
+
+def load_catalogue(source: str | Path, metadata_csv: str | Path | None = None) -> list[CatalogueItem]:
+    """The items of a folder or dataset split (see the module docstring), with the metadata of
+    `metadata_csv` where it names them (matched by id, else by file name). Files soundfile cannot
+    open are skipped with one warning, so a broken file does not stop a long build half way."""
+    folder = Path(source)
+    if folder.is_dir():
+        items = [CatalogueItem(p.relative_to(folder).as_posix(), p) for p in audio_files(folder)]
+    else:
+        dataset, _, rest = str(source).partition(":")
+        root, _, split = rest.rpartition(":")
+        if dataset not in DATASETS or not root or not split:
+            raise BadInputError(f"{source!r} is neither a folder nor a dataset split DATASET:ROOT:SPLIT "
+                                f"(DATASET one of {tuple(DATASETS)}, e.g. synthmusic:data/synthmusic:evaluation)")
+        items = load_split(dataset, root, split)
+    if metadata_csv is not None:
+        table = read_metadata_csv(Path(metadata_csv))
+        matched = 0
+        for item in items:
+            kinds = table.get(item.item_id, table.get(Path(item.item_id).name))
+            if kinds is not None:
+                item.metadata, matched = kinds, matched + 1
+        if matched < len(items):
+            log.warning("%s: no metadata row for %d of %d items", metadata_csv, len(items) - matched, len(items))
+    opens = [_opens(item.audio_path) for item in items]
+    skipped = [item.item_id for item, ok in zip(items, opens) if not ok]
+    if skipped:
+        log.warning("skipped %d of %d files that cannot be read as audio: %s", len(skipped), len(items),
+                    ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
+    return [item for item, ok in zip(items, opens) if ok]
+
+
+def _opens(path: Path) -> bool:
+    """Whether soundfile (what load_audio reads with) can open the file; reads the header only."""
+    try:
+        sf.info(str(path))
+    except Exception:  # soundfile raises LibsndfileError, RuntimeError, TypeError, ...
+        return False
+    return True

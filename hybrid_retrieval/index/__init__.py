@@ -1,0 +1,22 @@
+"""The search index: a catalogue embedded once by a checkpoint, searched many times.
+
+    search_index.py   SearchIndex (embeddings, items, model identity, backend), build_index
+    store.py          the index file: save_index, load_index
+    backends/         how an index is searched: exact torch (default), FAISS; one protocol
+    cli.py            `hybrid-retrieval index build|info` and `hybrid-retrieval search`
+
+Catalogues (folders, dataset splits, metadata CSVs) are read by hybrid_retrieval.data.catalogue.
+The names below are imported on first use, so the command line's parser stays cheap.
+"""
+from hybrid_retrieval.lazy import lazy_exports
+
+_EXPORTS = {
+    "SearchIndex": "hybrid_retrieval.index.search_index",
+    "build_index": "hybrid_retrieval.index.search_index",
+    "model_identity": "hybrid_retrieval.index.search_index",
+    "FORMAT": "hybrid_retrieval.index.store",
+    "load_index": "hybrid_retrieval.index.store",
+    "save_index": "hybrid_retrieval.index.store",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

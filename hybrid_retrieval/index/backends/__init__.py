@@ -1,0 +1,30 @@
+"""Search backends by name: the exact torch search (default) and FAISS (approximate).
+
+Each backend is one module implementing `base.IndexBackend`; the registry maps a name to
+"module:Class" and imports it only when an index uses it, so faiss (an optional dependency) is
+never loaded by code that does not search with it.
+"""
+from __future__ import annotations
+
+import importlib
+
+from hybrid_retrieval.errors import BadInputError
+from hybrid_retrieval.index.backends.base import IndexBackend
+
+BACKENDS = {
+    "torch": "hybrid_retrieval.index.backends.exact:ExactBackend",
+    "faiss": "hybrid_retrieval.index.backends.faiss_backend:FaissBackend",
+}
+DEFAULT_BACKEND = "torch"
+
+
+def backend_class(name: str) -> type[IndexBackend]:
+    if name not in BACKENDS:
+        raise BadInputError(f"unknown index backend {name!r}; known: {sorted(BACKENDS)}")
+    module, _, cls = BACKENDS[name].partition(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def create_backend(name: str = DEFAULT_BACKEND) -> IndexBackend:
+    """An unbuilt backend; `build(embeddings, **options)` makes it searchable."""
+    return backend_class(name)()

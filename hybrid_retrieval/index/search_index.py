@@ -1,0 +1,158 @@
+"""`SearchIndex`: a catalogue embedded once by a checkpoint, searched many times.
+
+It holds the L2-normalised item embeddings (scores are cosines), each item's id, audio path and
+the metadata text it was embedded with, the model's identity (its towers' fingerprint, a hash of
+all its weights and its config) and a search backend (exact torch by default; see
+`index.backends`). Queries must be embedded by the model that embedded the items:
+`check_model` refuses any other, naming what differs.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from hybrid_retrieval.data.items import CatalogueItem
+from hybrid_retrieval.embedding import embed_catalogue, embed_queries
+from hybrid_retrieval.errors import BadInputError, IncompatibleModelError
+from hybrid_retrieval.fingerprint import module_state_hash
+from hybrid_retrieval.index.backends import DEFAULT_BACKEND, create_backend
+from hybrid_retrieval.index.backends.base import IndexBackend
+from hybrid_retrieval.index.backends.exact import exact_search
+from hybrid_retrieval.model import RetrievalModel
+
+log = logging.getLogger("hybrid_retrieval")
+
+
+def model_identity(model: RetrievalModel) -> dict:
+    """What must match between the model that embedded an index's items and the one that
+    embeds its queries: the towers' fingerprint, a hash of every weight (towers and heads)
+    and the architecture config."""
+    return {"fingerprint": model.fingerprint(), "weights": module_state_hash(model),
+            "config": model.config.to_dict()}
+
+
+def _exact(embeddings: Tensor) -> IndexBackend:
+    backend = create_backend(DEFAULT_BACKEND)
+    backend.build(embeddings)
+    return backend
+
+
+@dataclass
+class SearchIndex:
+    """Embedded catalogue items and how they were made; `search` ranks them for query embeddings."""
+
+    embeddings: Tensor  # (n, d) float32, L2-normalised
+    ids: list[str]  # item ids: path relative to the indexed folder, or the dataset's file name
+    paths: list[str]  # audio files as indexed (absolute)
+    metadata: list[str]  # the metadata text each item was embedded with ("" when none)
+    info: dict  # the header: model identity, checkpoint, source, embedding and search settings
+    backend: IndexBackend = field(default=None)  # type: ignore[assignment]  # None: exact search
+
+    def __post_init__(self) -> None:
+        if self.backend is None:
+            self.backend = _exact(self.embeddings)
+        self.info["search"] = self.backend.save()[0]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def checkpoint(self) -> str:
+        """The checkpoint directory the index was built with (where `search` finds its model)."""
+        return self.info["checkpoint"]["path"]
+
+    def check_model(self, model: RetrievalModel) -> None:
+        """Raise IncompatibleModelError unless `model` is the one this index's items were embedded by."""
+        expected, actual = self.info["model"], model_identity(model)
+        if actual == expected:
+            return
+        parts = [name for name, differs in (
+            ("audio tower", actual["fingerprint"].get("audio_state") != expected["fingerprint"].get("audio_state")),
+            ("text tower", actual["fingerprint"].get("text_state") != expected["fingerprint"].get("text_state")),
+            ("architecture", actual["config"] != expected["config"]),
+        ) if differs] or ["projection/fusion weights"]
+        raise IncompatibleModelError(
+            f"this index was built with checkpoint {self.checkpoint} (weights sha256 {expected['weights'][:12]}), "
+            f"but the model given differs in its {', '.join(parts)} (weights sha256 {actual['weights'][:12]}); "
+            f"search with the index's own checkpoint, or rebuild the index with this one")
+
+    def use_backend(self, name: str, **options) -> None:
+        """Search with the backend `name` from now on, built over this index's embeddings."""
+        backend = create_backend(name)
+        backend.build(self.embeddings, **options)
+        self.backend = backend
+        self.info["search"] = backend.save()[0]
+
+    def search(self, queries: Tensor, k: int = 10, exact: bool = False) -> tuple[Tensor, Tensor]:
+        """Top-k (scores, rows) per query embedding, (n_queries, k) each: the backend's answer, or
+        exact search when `exact` (rows of -1 pad missing results)."""
+        if exact and not self.backend.exact:
+            return exact_search(self.embeddings, queries.float(), k)
+        return self.backend.search(queries, k)
+
+    def add(self, embeddings: Tensor, ids: Sequence[str], paths: Sequence[str], metadata: Sequence[str]) -> None:
+        """Append items (embedded by this index's model); the backend is updated, not rebuilt."""
+        clash = sorted(set(ids) & set(self.ids))
+        if clash:
+            raise BadInputError(f"the index already holds {len(clash)} of these items: {clash[:5]}")
+        start = len(self)
+        self.embeddings = torch.cat([self.embeddings, embeddings.float()])
+        self.ids, self.paths, self.metadata = [*self.ids, *ids], [*self.paths, *paths], [*self.metadata, *metadata]
+        self.backend.add(self.embeddings, start)
+        self.info["size"] = len(self)
+
+    def remove(self, ids: Sequence[str]) -> None:
+        """Remove the items with these ids (each must be in the index)."""
+        position = {item: row for row, item in enumerate(self.ids)}
+        missing = [item for item in ids if item not in position]
+        if missing:
+            raise BadInputError(f"not in the index: {missing[:5]}")
+        rows = sorted({position[item] for item in ids})
+        keep = torch.ones(len(self), dtype=torch.bool)
+        keep[rows] = False
+        self.embeddings = self.embeddings[keep]
+        kept = keep.tolist()
+        self.ids, self.paths, self.metadata = ([v for v, k in zip(values, kept) if k]
+                                              for values in (self.ids, self.paths, self.metadata))
+        self.backend.remove(rows, self.embeddings)
+        self.info["size"] = len(self)
+
+
+def build_index(model: RetrievalModel, items: Sequence[CatalogueItem], checkpoint: dict, *,
+                source: str = "", approximate: str | None = None, target_recall: float = 0.95,
+                recall_queries: Sequence[str] | None = None, cache_dir: str | Path | None = None,
+                window_seconds: float | None = None, progress: bool = True) -> SearchIndex:
+    """Embed `items` (with their metadata of the model's kinds, for hybrid models) into an index.
+
+    checkpoint: {"path", "epoch", "step"} of the checkpoint `model` was loaded from (recorded so
+    `search` can find the model again); approximate: None (exact only), "ivf" or "hnsw" (the FAISS
+    backend), tuned on `recall_queries` (text), else on up to 1000 of the items' captions
+    (dataset splits have them), else on catalogue items as queries (see
+    faiss_backend.build_approximate).
+    """
+    if not items:
+        raise BadInputError("nothing to index: the catalogue has no items")
+    kinds = model.config.metadata if model.uses_metadata else ""
+    metadata = [item.metadata_text(kinds) if kinds else "" for item in items]
+    if kinds and not any(metadata):
+        log.warning("the checkpoint fuses %r metadata but no item has any: items are embedded from audio alone",
+                    kinds)
+    paths = [str(Path(item.audio_path).resolve()) for item in items]
+    embeddings = embed_catalogue(model, paths, metadata if kinds else None, cache_dir,
+                                 window_seconds=window_seconds, progress=progress)
+    info = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "source": source,
+            "size": len(items), "dim": embeddings.shape[1], "model": model_identity(model),
+            "checkpoint": checkpoint, "embedding": {"metadata_kinds": kinds, "window_seconds": window_seconds}}
+    index = SearchIndex(embeddings, [item.item_id for item in items], paths, metadata, info)
+    if approximate:
+        texts = list(recall_queries or [caption for item in items for caption in item.captions])
+        order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(0))[:1000].tolist()
+        queries = embed_queries(model, [texts[i] for i in order], progress=False) if texts else None
+        index.use_backend("faiss", kind=approximate, target_recall=target_recall, queries=queries, progress=progress)
+    return index
