@@ -16,6 +16,7 @@ from hybrid_retrieval.audio.io import load_audio
 from hybrid_retrieval.audio.tower import AudioTower
 from hybrid_retrieval.cache import FeatureCache, audio_key
 from hybrid_retrieval.model import RetrievalModel, metadata_present
+from hybrid_retrieval.modes import eval_mode
 from hybrid_retrieval.outputs import TowerOutput
 from hybrid_retrieval.text.tower import TextTower
 
@@ -60,13 +61,11 @@ def text_outputs(tower: TextTower, texts: Sequence[str], cache_dir: str | Path |
 
     @torch.inference_mode()
     def compute(positions: Sequence[int]) -> list[TowerOutput]:
-        was_training = tower.training
-        tower.eval()
         outs: list[TowerOutput] = []
-        for start in range(0, len(positions), batch_size):
-            chunk = [texts[i] for i in positions[start:start + batch_size]]
-            outs.extend(tower(chunk).to("cpu").unbatch())
-        tower.train(was_training)
+        with eval_mode(tower):
+            for start in range(0, len(positions), batch_size):
+                chunk = [texts[i] for i in positions[start:start + batch_size]]
+                outs.extend(tower(chunk).to("cpu").unbatch())
         if not keep_tokens:
             outs = [TowerOutput(o.embedding[:, None], torch.ones(1, 1, dtype=torch.bool), o.embedding) for o in outs]
         return outs
@@ -113,8 +112,13 @@ def embed_catalogue(model: RetrievalModel, paths: Sequence[str | Path], metadata
     chunk's audio and tower outputs besides the (n, d) result, whatever the catalogue's size;
     one progress bar counts the items.
     """
-    was_training = model.training
-    model.eval()
+    with eval_mode(model):
+        return _embed_catalogue(model, paths, metadata, cache_dir, window_seconds, progress, chunk_size)
+
+
+def _embed_catalogue(model: RetrievalModel, paths: Sequence[str | Path], metadata: Sequence[str] | None,
+                     cache_dir: str | Path | None, window_seconds: float | None, progress: bool,
+                     chunk_size: int) -> Tensor:
     texts = None
     if model.item_encoder.uses_audio:
         audio_store = audio_cache(model.audio_tower, cache_dir, window_seconds)
@@ -135,15 +139,12 @@ def embed_catalogue(model: RetrievalModel, paths: Sequence[str | Path], metadata
                 present = metadata_present(texts[chunk])
             parts.append(item_embeddings(model, audio, meta, present))
             bar.update(len(paths[chunk]))
-    model.train(was_training)
     return torch.cat(parts)
 
 
 def embed_queries(model: RetrievalModel, texts: Sequence[str], cache_dir: str | Path | None = None,
                   progress: bool = True) -> Tensor:
-    was_training = model.training
-    model.eval()
-    emb = query_embeddings(model, text_outputs(model.text_tower, texts, cache_dir, progress=progress))
-    model.train(was_training)
-    return emb
+    """Normalised query embeddings of texts (through the text cache if given)."""
+    with eval_mode(model):
+        return query_embeddings(model, text_outputs(model.text_tower, texts, cache_dir, progress=progress))
 

@@ -14,3 +14,9 @@ def lazy_exports(package: str, exports: dict[str, str]) -> Callable[[str], objec
         return getattr(importlib.import_module(exports[name]), name)
 
     return __getattr__
+
+
+def import_object(path: str) -> object:
+    """The object a registry names as "package.module:attribute", imported now."""
+    module, _, attribute = path.partition(":")
+    return getattr(importlib.import_module(module), attribute)

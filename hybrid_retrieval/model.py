@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 import fusion
+from hybrid_retrieval.audio.frontend import FrontendConfig
 from hybrid_retrieval.audio.tower import AudioTower, create_audio_tower
 from hybrid_retrieval.config_base import StrictConfig
 from hybrid_retrieval.errors import BadInputError
@@ -30,6 +31,7 @@ class ModelConfig(StrictConfig):
     """Everything needed to rebuild a model's architecture (saved beside every checkpoint)."""
 
     audio_encoder: str = "efficientat:mn04_as"
+    frontend: dict = field(default_factory=dict)  # FrontendConfig settings that differ from its defaults
     text_encoder: str = DEFAULT_TEXT_MODEL
     text_max_length: int = 32
     text_pooling: str = "mean"
@@ -182,6 +184,7 @@ def create_model(name: str | ModelConfig = "mn04_minilm", pretrained: bool = Tru
     """
     config = get_model_config(name) if isinstance(name, str) else copy.deepcopy(name)
     config = ModelConfig.from_dict({**config.to_dict(), **overrides})
-    audio = create_audio_tower(config.audio_encoder, pretrained=pretrained, weights=audio_weights)
+    audio = create_audio_tower(config.audio_encoder, pretrained=pretrained, weights=audio_weights,
+                               frontend=FrontendConfig.from_dict(config.frontend))
     text = TextTower(config.text_encoder, max_length=config.text_max_length, pooling=config.text_pooling)
     return RetrievalModel(config, audio, text)

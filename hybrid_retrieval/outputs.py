@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
 
 
 @dataclass
@@ -52,13 +53,7 @@ class TowerOutput:
     @staticmethod
     def collate(outputs: Sequence[TowerOutput]) -> TowerOutput:
         """Stack single-example outputs, right-padding token sequences (mask False on padding)."""
-        length = max(o.tokens.shape[1] for o in outputs)
-        dim = outputs[0].tokens.shape[-1]
-        tokens = outputs[0].tokens.new_zeros(len(outputs), length, dim)
-        mask = torch.zeros(len(outputs), length, dtype=torch.bool, device=tokens.device)
-        for i, o in enumerate(outputs):
-            n = o.tokens.shape[1]
-            tokens[i, :n] = o.tokens[0]
-            mask[i, :n] = o.mask[0]
+        tokens = pad_sequence([o.tokens[0] for o in outputs], batch_first=True)
+        mask = pad_sequence([o.mask[0] for o in outputs], batch_first=True, padding_value=False)
         logits = None if outputs[0].logits is None else torch.cat([o.logits for o in outputs])
         return TowerOutput(tokens, mask, torch.cat([o.embedding for o in outputs]), logits)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from hybrid_retrieval.disentangled.benchmark import ROWS, triplet_table, mean_over_seeds, run_triplet_benchmark
+from hybrid_retrieval.disentangled.benchmark import ROWS, mean_over_seeds, run_triplet_benchmark, triplet_table
 from hybrid_retrieval.disentangled.evaluation import DEFAULT_TRIPLETS
 from hybrid_retrieval.errors import run_reporting_errors
 

@@ -12,19 +12,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-import matplotlib
+import numpy as np
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from sklearn.decomposition import PCA  # noqa: E402
-
-from hybrid_retrieval.disentangled.checkpoint import find_model, load_model  # noqa: E402
-from hybrid_retrieval.disentangled.conditions import TEMPO  # noqa: E402
-from hybrid_retrieval.disentangled.features import load_track_features, segment_frames  # noqa: E402
-from hybrid_retrieval.disentangled.model import embed_tracks  # noqa: E402
-from hybrid_retrieval.errors import run_reporting_errors  # noqa: E402
+from hybrid_retrieval.deps import optional_import
+from hybrid_retrieval.disentangled.checkpoint import find_model, load_model
+from hybrid_retrieval.disentangled.conditions import TEMPO
+from hybrid_retrieval.disentangled.features import load_track_features, segment_frames
+from hybrid_retrieval.disentangled.model import embed_tracks
+from hybrid_retrieval.errors import run_reporting_errors
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,6 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", default=".cache/features")
     parser.add_argument("--out", default="docs/subspaces.png")
     args = parser.parse_args(argv)
+    optional_import("matplotlib", "plots", "the subspace picture").use("Agg")  # no screen: render to files
+    plt = optional_import("matplotlib.pyplot", "plots", "the subspace picture")
+    pca = optional_import("sklearn.decomposition", "plots", "the subspace picture").PCA
 
     model, source, config = load_model(args.checkpoint)
     conditions = model.config.conditions
@@ -46,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     fig, axes = plt.subplots(n, n, figsize=(3.2 * n, 3.0 * n), squeeze=False)
     for row, space in enumerate(conditions):
         with torch.inference_mode():
-            points = PCA(n_components=2, random_state=0).fit_transform(model.subspace(embeddings, space).numpy())
+            points = pca(n_components=2, random_state=0).fit_transform(model.subspace(embeddings, space).numpy())
         for col, label_type in enumerate(conditions):
             ax = axes[row, col]
             labels = data.tracks.labels[label_type]

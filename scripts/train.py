@@ -29,16 +29,17 @@ from hybrid_retrieval.training.loop import train
 
 ex = Experiment("hybrid_retrieval", save_git_info=False)
 MODEL_KEYS = {f.name for f in fields(ModelConfig)}
-# Model keys default to "unset" (null, or {} for the options dict, which sacred must see as a
-# dict to accept nested keys): unset keys come from the base model config named by `model`.
-ex.add_config({**TrainConfig().to_dict(), **{k: {} if k == "fusion_options" else None for k in MODEL_KEYS}})
+# Model keys default to "unset" (null, or {} for the dict-valued ones, which sacred must see as
+# dicts to accept nested keys): unset keys come from the base model config named by `model`.
+DICT_KEYS = {k for k, v in ModelConfig().to_dict().items() if isinstance(v, dict)}
+ex.add_config({**TrainConfig().to_dict(), **{k: {} if k in DICT_KEYS else None for k in MODEL_KEYS}})
 register_named_configs(ex, "retrieval")
 
 
 @ex.main
-def main(_config: dict, _run, fusion_options: dict) -> dict:
-    # `fusion_options` is named here so sacred accepts nested keys that configs add to it
-    # (e.g. fusion_options.mid.width); its value is read from _config with everything else.
+def main(_config: dict, _run, fusion_options: dict, frontend: dict) -> dict:
+    # The dict-valued keys are named here so sacred accepts nested keys that configs add to them
+    # (e.g. fusion_options.mid.width, frontend.n_mels); their values are read from _config.
     flat = {k: v for k, v in plain_config(_config).items() if k not in MODEL_KEYS or v not in (None, {})}
     model_config, train_config = split_config(flat)
     return train(model_config, train_config, run_directory(_run))

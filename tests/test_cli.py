@@ -37,3 +37,12 @@ def test_tag_without_weights_offline(tmp_path: Path, capsys, monkeypatch) -> Non
     monkeypatch.setenv("HYBRID_RETRIEVAL_CACHE", str(tmp_path))
     assert main(["tag", "x.wav", "--model", "mn10_as"]) == 2
     assert "mn10_as_mAP_471.pt" in capsys.readouterr().err
+
+
+def test_tag_with_another_models_weights_is_one_line(weights_dir: Path, capsys) -> None:
+    """mn04_as weights given for mn10_as: one error line naming the file and a tensor, no traceback."""
+    weights = weights_dir / "mn04_as_mAP_432.pt"
+    assert main(["tag", "x.wav", "--model", "mn10_as", "--weights", str(weights)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(weights) in err and "does not fit EfficientAT mn10_as" in err
+    assert "tensor 'features.0.0.weight'" in err

@@ -17,10 +17,10 @@ import pytest
 import soundfile as sf
 
 from hybrid_retrieval.data import download
-from hybrid_retrieval.hub import OFFLINE_VARIABLES
 from hybrid_retrieval.data.audiocaps import AUDIO_NAMINGS, load_audiocaps
 from hybrid_retrieval.data.clotho import load_clotho, split_tags
 from hybrid_retrieval.data.registry import DATASETS, load_split, resolve_split
+from hybrid_retrieval.hub import OFFLINE_VARIABLES
 
 BIRDS = " Ambience Birds.wav"  # the leading space is part of Clotho's file name
 
@@ -311,7 +311,7 @@ def test_registry_errors(tmp_path: Path) -> None:
         load_split("clotho", tmp_path, "holdout")
     with pytest.raises(ValueError, match="train.*val.*test"):
         resolve_split("audiocaps", "development")
-    assert DATASETS == ("clotho", "audiocaps", "synthmusic")
+    assert list(DATASETS) == ["clotho", "audiocaps", "synthmusic"]
 
 
 # --- download (up to the network boundary) --------------------------------------------------
@@ -382,7 +382,7 @@ def test_download_without_library(online: None, monkeypatch: pytest.MonkeyPatch,
 
 
 def test_download_unknown_dataset(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="generated locally"):
+    with pytest.raises(ValueError, match="generated locally"):  # SynthMusic's spec has no downloader
         download.download_dataset("synthmusic", tmp_path)
     with pytest.raises(ValueError, match="holdout"):
         download.download_dataset("clotho", tmp_path, "holdout")

@@ -11,8 +11,13 @@ import torch
 from hybrid_retrieval.cli import main
 from hybrid_retrieval.disentangled.conditions import TempoTolerance, estimate_tempo, tempo_relations
 from hybrid_retrieval.disentangled.features import min_shift, sample_segment_pair, tile_starts
-from hybrid_retrieval.disentangled.losses import (ConditionTriplet, TempoTripletMiner, TrackRegularization,
-                                                  TripletBatch, build_loss)
+from hybrid_retrieval.disentangled.losses import (
+    ConditionTriplet,
+    TempoTripletMiner,
+    TrackRegularization,
+    TripletBatch,
+    build_loss,
+)
 from hybrid_retrieval.disentangled.model import ConditionalSimilarityNet, CSNConfig, fixed_masks
 from hybrid_retrieval.disentangled.training import sample_segments
 
@@ -189,7 +194,7 @@ def tiny_synthmusic(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_tiny_benchmark_and_similar_cli(tiny_synthmusic: Path, offline_weights: Path, tmp_path: Path,
                                         capsys: pytest.CaptureFixture) -> None:
-    from hybrid_retrieval.disentangled.benchmark import triplet_table, run_triplet_benchmark
+    from hybrid_retrieval.disentangled.benchmark import run_triplet_benchmark, triplet_table
     from hybrid_retrieval.disentangled.checkpoint import default_checkpoint
 
     models = tmp_path / "models"

@@ -59,7 +59,8 @@ def _online(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_download_into_cache_is_verified(empty_env: Path, weights_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Up to the network boundary: the release URL is pointed at a local file:// copy."""
     _online(monkeypatch)
-    monkeypatch.setattr(pretrained, "RELEASE_URL", weights_dir.as_uri() + "/")
+    monkeypatch.setitem(PRETRAINED, "mn04_as", pretrained.PretrainedWeights(
+        MN04.filename, (weights_dir / MN04.filename).as_uri(), MN04.sha256))
     path = resolve_weights("mn04_as")
     assert path == empty_env / MN04.filename and path.stat().st_size == 4_066_513
     assert [p.name for p in empty_env.iterdir()] == [MN04.filename]  # no temp file left behind
@@ -67,8 +68,8 @@ def test_download_into_cache_is_verified(empty_env: Path, weights_dir: Path, mon
 
 def test_download_with_wrong_hash_leaves_nothing(empty_env: Path, weights_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _online(monkeypatch)
-    monkeypatch.setattr(pretrained, "RELEASE_URL", weights_dir.as_uri() + "/")
-    monkeypatch.setitem(PRETRAINED, "mn04_as", pretrained.PretrainedWeights(MN04.filename, "0" * 64))
+    monkeypatch.setitem(PRETRAINED, "mn04_as", pretrained.PretrainedWeights(
+        MN04.filename, (weights_dir / MN04.filename).as_uri(), "0" * 64))
     with pytest.raises(WeightsNotFoundError, match="download failed"):
         resolve_weights("mn04_as")
     assert not empty_env.exists() or not any(empty_env.iterdir())

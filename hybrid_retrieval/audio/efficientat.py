@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from hybrid_retrieval.errors import BadInputError
+from hybrid_retrieval.errors import BadInputError, IncompatibleModelError
 from hybrid_retrieval.outputs import TowerOutput
 
 # MobileNetV3-Large's inverted-residual table (paper, Table 1), before width scaling:
@@ -177,3 +177,29 @@ def efficientat(name: str) -> EfficientATMobileNet:
     if name not in EFFICIENTAT_CONFIGS:
         raise BadInputError(f"unknown EfficientAT model {name!r}; known: {sorted(EFFICIENTAT_CONFIGS)}")
     return EfficientATMobileNet(**EFFICIENTAT_CONFIGS[name])
+
+
+def build_efficientat(name: str, pretrained: bool = True, weights: str | None = None) -> tuple[nn.Module, bool]:
+    """The audio family's builder (audio.tower.AUDIO_FAMILIES): the model `name` with its released
+    AudioSet weights (or the explicit `weights` file) when `pretrained` or `weights` is given,
+    loaded strictly; weights of another model are refused naming the file and the first tensor
+    that does not fit."""
+    from hybrid_retrieval.audio.pretrained import load_state_dict, resolve_weights
+
+    model = efficientat(name)
+    if not (pretrained or weights):
+        return model, False
+    path = resolve_weights(name, weights)
+    state = load_state_dict(path)
+    expected = model.state_dict()
+    wrong = [k for k in expected if k not in state or state[k].shape != expected[k].shape]
+    extra = [k for k in state if k not in expected]
+    if wrong or extra:
+        first = wrong[0] if wrong else extra[0]
+        found = tuple(state[first].shape) if first in state else "missing"
+        wanted = tuple(expected[first].shape) if first in expected else "not in this model"
+        raise IncompatibleModelError(
+            f"weights file {path} does not fit EfficientAT {name}: tensor {first!r} is {found}, the model "
+            f"needs {wanted} ({len(wrong)} tensors do not fit, {len(extra)} unknown); is it another model's?")
+    model.load_state_dict(state, strict=True)
+    return model, True

@@ -7,14 +7,16 @@ frequency/time masks are applied; in eval mode the transform is deterministic.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from hybrid_retrieval.config_base import StrictConfig
+
 
 @dataclass(frozen=True)
-class FrontendConfig:
+class FrontendConfig(StrictConfig):
     sample_rate: int = 32_000
     n_mels: int = 128
     win_length: int = 800
@@ -27,9 +29,6 @@ class FrontendConfig:
     time_mask: int = 192  # max width of the training time mask, in frames (0 disables)
     fmin_aug_range: int = 10  # training jitter of the lowest band edge, in Hz
     fmax_aug_range: int = 2000  # training jitter of the highest band edge, in Hz
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _hz_to_kaldi_mel(freq: Tensor) -> Tensor:

@@ -16,27 +16,29 @@ import torch
 from hybrid_retrieval import hub
 from hybrid_retrieval.errors import BadInputError, NotFoundError
 
-RELEASE_URL = "https://github.com/fschmid56/EfficientAT/releases/download/v0.0.1/"
-
 
 @dataclass(frozen=True)
 class PretrainedWeights:
-    filename: str
+    filename: str  # the name it is cached and looked up under
+    url: str
     sha256: str | None = None  # None: not recorded by this project yet, the file is not verified
 
-    @property
-    def url(self) -> str:
-        return RELEASE_URL + self.filename
+
+def _efficientat_release(filename: str, sha256: str | None = None) -> PretrainedWeights:
+    """A file of the EfficientAT GitHub release v0.0.1."""
+    return PretrainedWeights(filename, f"https://github.com/fschmid56/EfficientAT/releases/download/v0.0.1/{filename}",
+                             sha256)
 
 
 PRETRAINED: dict[str, PretrainedWeights] = {
-    "mn04_as": PretrainedWeights("mn04_as_mAP_432.pt", "899a8c6217063f6941793102a2780b3dd788ab11fce468d9cf5f0577c453321c"),
-    "mn05_as": PretrainedWeights("mn05_as_mAP_443.pt"),
-    "mn10_as": PretrainedWeights("mn10_as_mAP_471.pt"),
-    "mn20_as": PretrainedWeights("mn20_as_mAP_478.pt"),
-    "mn30_as": PretrainedWeights("mn30_as_mAP_482.pt"),
-    "mn40_as": PretrainedWeights("mn40_as_mAP_484.pt"),
-    "mn40_as_ext": PretrainedWeights("mn40_as_ext_mAP_487.pt"),
+    "mn04_as": _efficientat_release("mn04_as_mAP_432.pt",
+                                    "899a8c6217063f6941793102a2780b3dd788ab11fce468d9cf5f0577c453321c"),
+    "mn05_as": _efficientat_release("mn05_as_mAP_443.pt"),
+    "mn10_as": _efficientat_release("mn10_as_mAP_471.pt"),
+    "mn20_as": _efficientat_release("mn20_as_mAP_478.pt"),
+    "mn30_as": _efficientat_release("mn30_as_mAP_482.pt"),
+    "mn40_as": _efficientat_release("mn40_as_mAP_484.pt"),
+    "mn40_as_ext": _efficientat_release("mn40_as_ext_mAP_487.pt"),
 }
 
 

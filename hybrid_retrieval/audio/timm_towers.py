@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from hybrid_retrieval import hub
+from hybrid_retrieval.errors import BadInputError
 from hybrid_retrieval.outputs import TowerOutput
 
 log = logging.getLogger("hybrid_retrieval")
@@ -56,3 +57,11 @@ class TimmBackbone(nn.Module):
             tokens = patches.reshape(patches.shape[0], rows, -1, patches.shape[-1]).mean(dim=1)
         mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
         return TowerOutput(tokens, mask, embedding)
+
+
+def build_timm(name: str, pretrained: bool = True, weights: str | None = None) -> tuple[TimmBackbone, bool]:
+    """The audio family's builder (audio.tower.AUDIO_FAMILIES); `weights` files are not supported."""
+    if weights is not None:
+        raise BadInputError(f"timm:{name} takes no weights file ({weights}); its pretrained weights come from timm")
+    backbone = TimmBackbone(name, pretrained=pretrained)
+    return backbone, backbone.pretrained

@@ -17,14 +17,11 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from hybrid_retrieval.audio.efficientat import EFFICIENTAT_CONFIGS, efficientat
 from hybrid_retrieval.audio.frontend import FrontendConfig, LogMelFrontend
-from hybrid_retrieval.audio.pretrained import load_state_dict, resolve_weights
-from hybrid_retrieval.audio.timm_towers import TimmBackbone
 from hybrid_retrieval.errors import BadInputError
 from hybrid_retrieval.fingerprint import module_state_hash
+from hybrid_retrieval.lazy import import_object
 from hybrid_retrieval.outputs import TowerOutput
-
 
 # Audio per forward pass on a CPU: 4 clips of 10 s at 32 kHz; larger passes ran slower per clip,
 # their activations no longer fitting the caches (BENCHMARKS.md, "Audio embedding throughput").
@@ -152,28 +149,29 @@ def _merge_windows(outs: list[TowerOutput]) -> TowerOutput:
     )
 
 
+# Audio families: "family" of `audio_encoder="family:name"` -> the builder of its backbones,
+# `build(name, pretrained, weights) -> (backbone, holds pretrained weights)`. Imported when used
+# (timm is slow to import). Adding a family is one module with its builder and one entry here.
+AUDIO_FAMILIES = {
+    "efficientat": "hybrid_retrieval.audio.efficientat:build_efficientat",
+    "timm": "hybrid_retrieval.audio.timm_towers:build_timm",
+}
+
+
 def create_audio_tower(spec: str = "efficientat:mn04_as", pretrained: bool = True,
                        weights: str | None = None, frontend: FrontendConfig | None = None) -> AudioTower:
-    """Build an audio tower from a spec `family:name`.
+    """Build an audio tower from a spec `family:name` (a bare `mn10_as` means `efficientat:mn10_as`).
 
     efficientat:<mn04_as|...|mn40_as_ext>: the EfficientAT MobileNetV3; with `pretrained`, the
         released AudioSet weights are resolved (explicit `weights` path, $HYBRID_RETRIEVAL_WEIGHTS_DIR,
-        cache, download) and loaded strictly. A bare `mn10_as` means `efficientat:mn10_as`.
+        cache, download) and loaded strictly.
     timm:<resnet50|ast|any timm model>: a timm backbone, pretrained where online.
     """
     family, _, name = spec.partition(":")
     if not name:
         family, name = "efficientat", family
-    fe = LogMelFrontend(frontend)
-    if family == "efficientat":
-        if name not in EFFICIENTAT_CONFIGS:
-            raise BadInputError(f"unknown EfficientAT model {name!r} in audio_encoder={spec!r}; known: {sorted(EFFICIENTAT_CONFIGS)}")
-        backbone = efficientat(name)
-        loaded = bool(pretrained or weights)
-        if loaded:
-            backbone.load_state_dict(load_state_dict(resolve_weights(name, weights)), strict=True)
-        return AudioTower(f"efficientat:{name}", backbone, fe, pretrained=loaded)
-    if family == "timm":
-        backbone = TimmBackbone(name, pretrained=pretrained)
-        return AudioTower(f"timm:{name}", backbone, fe, pretrained=backbone.pretrained)
-    raise BadInputError(f"unknown audio encoder family {family!r} in {spec!r}; use efficientat:<name> or timm:<name>")
+    if family not in AUDIO_FAMILIES:
+        raise BadInputError(f"unknown audio encoder family {family!r} in audio_encoder={spec!r}; "
+                            f"known: {sorted(AUDIO_FAMILIES)} (e.g. efficientat:mn04_as, timm:resnet50)")
+    backbone, loaded = import_object(AUDIO_FAMILIES[family])(name, pretrained=pretrained, weights=weights)
+    return AudioTower(f"{family}:{name}", backbone, LogMelFrontend(frontend), pretrained=loaded)

@@ -13,14 +13,16 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from hybrid_retrieval.data.clotho import drop_missing_audio, first_file
+from hybrid_retrieval.data.items import CatalogueItem
+from hybrid_retrieval.data.spec import DatasetSpec
+from hybrid_retrieval.deps import optional_import
 from hybrid_retrieval.errors import BadInputError, NotFoundError
-
-from .clotho import drop_missing_audio, first_file
-from .items import CatalogueItem
 
 logger = logging.getLogger("hybrid_retrieval")
 
 AUDIOCAPS_SPLITS = ("train", "val", "test")
+AUDIOCAPS_ALIASES = {"validation": "val", "eval": "test", "evaluation": "test"}
 SEGMENT_CSVS = ("balanced_train_segments.csv", "unbalanced_train_segments.csv", "eval_segments.csv")
 CLASS_LABELS_CSV = "class_labels_indices.csv"
 
@@ -196,3 +198,19 @@ def load_audiocaps(
     if not found:
         where = f"{root} (no clip found in {root / 'audio' / split} or {aac_root}/audio_*Hz/{split})"
     return drop_missing_audio(items, label, where)
+
+
+def download_audiocaps(root: Path, splits: Sequence[str]) -> None:
+    """Fetch AudioCaps v1 splits into `root` through aac-datasets (audio from YouTube: needs yt-dlp
+    and ffmpeg, which aac-datasets checks), with the AudioSet tags."""
+    functional = optional_import("aac_datasets.datasets.functional.audiocaps", "download", "downloading AudioCaps")
+    # AudioCaps v1 is the default; aac-datasets 0.5 has no `version` argument here.
+    functional.download_audiocaps_datasets(root=str(root), subsets=list(splits), verbose=1, with_tags=True)
+
+
+AUDIOCAPS = DatasetSpec(
+    "audiocaps", AUDIOCAPS_SPLITS, load_audiocaps, AUDIOCAPS_ALIASES, download_audiocaps, sample_rate=32_000,
+    by_hand=("put train.csv, val.csv and test.csv from https://github.com/cdjkim/audiocaps (dataset/) in {root}, "
+             "the clips as {root}/audio/{split}/{youtube_id}_{start_time}.wav (or .flac), and for closed-set tags "
+             "AudioSet's *_segments.csv and class_labels_indices.csv in {root}/metadata"),
+    origin="https://github.com/cdjkim/audiocaps (captions) and YouTube (audio)")

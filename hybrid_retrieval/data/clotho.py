@@ -11,16 +11,19 @@ import csv
 import io
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from hybrid_retrieval.data.items import CatalogueItem
+from hybrid_retrieval.data.spec import DatasetSpec
+from hybrid_retrieval.deps import optional_import
 from hybrid_retrieval.errors import BadInputError, NotFoundError
-
-from .items import CatalogueItem
 
 logger = logging.getLogger("hybrid_retrieval")
 
 CLOTHO_SPLITS = ("development", "validation", "evaluation")
+CLOTHO_ALIASES = {"train": "development", "dev": "development", "val": "validation", "test": "evaluation",
+                  "eval": "evaluation"}
 
 # Where aac-datasets 0.7 puts Clotho v2.1 under its root (datasets/functional/clotho.py:
 # _get_clotho_root, _get_csv_dpath, _get_audio_subset_dpath with _CLOTHO_AUDIO_DNAMES).
@@ -155,3 +158,22 @@ def load_clotho(
     if not audio_dir.is_dir():
         where = f"{root} (no audio folder; looked for {', '.join(map(str, audio_dirs))})"
     return drop_missing_audio(items, f"{name}/{split}", where)
+
+
+# Our split names -> aac-datasets 0.7's ClothoSubset names.
+_AAC_SUBSETS = {"development": "dev", "validation": "val", "evaluation": "eval"}
+
+
+def download_clotho(root: Path, splits: Sequence[str]) -> None:
+    """Fetch Clotho v2.1 splits into `root` through aac-datasets (archives, checksums), in its layout."""
+    functional = optional_import("aac_datasets.datasets.functional.clotho", "download", "downloading Clotho")
+    functional.download_clotho_datasets(root=str(root), subsets=[_AAC_SUBSETS[s] for s in splits], verbose=1,
+                                        version="v2.1")
+
+
+CLOTHO = DatasetSpec(
+    "clotho", CLOTHO_SPLITS, load_clotho, CLOTHO_ALIASES, download_clotho, sample_rate=44_100,
+    by_hand=("download Clotho v2.1 from https://zenodo.org/record/4783391 and put clotho_captions_{split}.csv and "
+             "clotho_metadata_{split}.csv in {root}, and unpack clotho_audio_{split}.7z there (it creates "
+             "{root}/{split}/), for split in development, validation, evaluation"),
+    origin="Zenodo record 4783391")

@@ -78,6 +78,8 @@ import numpy as np
 
 from hybrid_retrieval.audio.io import SAMPLE_RATE
 from hybrid_retrieval.data import synthmusic_text as text
+from hybrid_retrieval.data.clotho import CLOTHO_ALIASES, load_clotho
+from hybrid_retrieval.data.spec import DatasetSpec
 from hybrid_retrieval.data.synthmusic_factors import (
     ACCOMPANIMENT,
     ACCOMPANIMENT_PROGRAMS,
@@ -498,3 +500,12 @@ def generate_synthmusic(out_dir: str | Path, seed: int = 0, n_train: int = 1200,
     return build_synthmusic(out_dir, seed=seed, n_train=n_train, n_val=n_val, n_eval=n_eval, seconds=seconds,
                             workers=workers, progress=progress, genres=genres, moods=moods,
                             lead_instruments=lead_instruments, tempo_bins=tempo_bins, noise=noise).out_dir
+
+
+def load_synthmusic(root: str | Path, split: str, *, require_audio: bool = True) -> list:
+    """The items of a SynthMusic split (written in Clotho's layout, so Clotho's loader reads it)."""
+    return load_clotho(root, split, require_audio=require_audio, name="synthmusic")
+
+
+SYNTHMUSIC = DatasetSpec("synthmusic", SPLITS, load_synthmusic, CLOTHO_ALIASES, sample_rate=SAMPLE_RATE,
+                         origin="generated locally (scripts/make_synthmusic.py), not downloaded")

@@ -10,6 +10,7 @@ spec: same spec, same samples (on the same platform and library versions).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import math
@@ -19,7 +20,6 @@ from typing import Sequence
 
 import numpy as np
 
-from hybrid_retrieval.errors import NotFoundError
 from hybrid_retrieval.audio.io import SAMPLE_RATE
 from hybrid_retrieval.data.synthmusic_factors import (
     ACCOMPANIMENT_PROGRAMS,
@@ -29,6 +29,7 @@ from hybrid_retrieval.data.synthmusic_factors import (
     TONICS,
     ClipSpec,
 )
+from hybrid_retrieval.errors import NotFoundError
 from hybrid_retrieval.hub import write_atomic
 
 
@@ -444,40 +445,34 @@ def compose(spec: ClipSpec):
 # ------------------------------------------------------------------------------------------------
 # Rendering
 
-_SOUNDFONT_BYTES: bytes | None = None
 # Relative RMS of each part in the mix (the lead on top, then drums, bass, chords, extra layer).
 _MIX_TARGETS = {"lead": 1.0, "drums": 0.7, "bass": 0.7, "chords": 0.45, "pad": 0.25, "extra": 0.2}
-_LOUDNESS: dict[tuple[int, bool], float] = {}
 
 
+@functools.cache
 def soundfont_bytes() -> bytes:
-    global _SOUNDFONT_BYTES
-    if _SOUNDFONT_BYTES is None:
-        _SOUNDFONT_BYTES = soundfont_path().read_bytes()
-    return _SOUNDFONT_BYTES
+    return soundfont_path().read_bytes()
 
 
+@functools.cache
 def _program_loudness(program: int, is_drum: bool = False) -> float:
     """RMS of a fixed test phrase (velocity 90, full channel volume) played by a preset."""
-    key = (program, is_drum)
-    if key not in _LOUDNESS:
-        import tinysoundfont
+    import tinysoundfont
 
-        synth = tinysoundfont.Synth(samplerate=SAMPLE_RATE, gain=-8.0)
-        sfid = synth.sfload(soundfont_bytes())
-        ch = 9 if is_drum else 0
-        synth.program_select(ch, sfid, 128 if is_drum else 0, 0 if is_drum else program, is_drum)
-        low = 36 if program in (32, 33, 34, 38, 39, 58) else 60
-        notes = (KICK, SNARE, CLOSED_HAT, SNARE) if is_drum else (low, low + 4, low + 7, low + 12)
-        parts = []
-        for note in notes:
-            synth.noteon(ch, note, 90)
-            parts.append(np.frombuffer(synth.generate_simple(SAMPLE_RATE // 3), dtype=np.float32).copy())
-            synth.noteoff(ch, note)
-        parts.append(np.frombuffer(synth.generate_simple(SAMPLE_RATE // 4), dtype=np.float32).copy())
-        audio = np.concatenate(parts)
-        _LOUDNESS[key] = max(float(np.sqrt(np.mean(audio.astype(np.float64) ** 2))), 1e-6)
-    return _LOUDNESS[key]
+    synth = tinysoundfont.Synth(samplerate=SAMPLE_RATE, gain=-8.0)
+    sfid = synth.sfload(soundfont_bytes())
+    ch = 9 if is_drum else 0
+    synth.program_select(ch, sfid, 128 if is_drum else 0, 0 if is_drum else program, is_drum)
+    low = 36 if program in (32, 33, 34, 38, 39, 58) else 60
+    notes = (KICK, SNARE, CLOSED_HAT, SNARE) if is_drum else (low, low + 4, low + 7, low + 12)
+    parts = []
+    for note in notes:
+        synth.noteon(ch, note, 90)
+        parts.append(np.frombuffer(synth.generate_simple(SAMPLE_RATE // 3), dtype=np.float32).copy())
+        synth.noteoff(ch, note)
+    parts.append(np.frombuffer(synth.generate_simple(SAMPLE_RATE // 4), dtype=np.float32).copy())
+    audio = np.concatenate(parts)
+    return max(float(np.sqrt(np.mean(audio.astype(np.float64) ** 2))), 1e-6)
 
 
 def render_midi(pm, seconds: float, sample_rate: int = SAMPLE_RATE) -> np.ndarray:

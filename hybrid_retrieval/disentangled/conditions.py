@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from hybrid_retrieval.audio.io import SAMPLE_RATE, load_audio
+from hybrid_retrieval.deps import optional_import
 from hybrid_retrieval.errors import BadInputError, NotFoundError
 
 log = logging.getLogger("hybrid_retrieval")
@@ -81,7 +82,8 @@ def relations(condition: str, labels: Tensor, tolerance: TempoTolerance = TempoT
 def estimate_tempo(audio: str | Path | np.ndarray, sample_rate: int = SAMPLE_RATE) -> float:
     """Tempo in BPM of a file or a mono waveform (at `sample_rate`) by librosa's beat tracker;
     0.0 when no beat is found (e.g. silence)."""
-    import librosa  # imported here: loading it costs a second, and only unlabelled audio needs it
+    # imported here: loading it costs a second, and only unlabelled audio needs it
+    librosa = optional_import("librosa", "tempo", "estimating the tempo of tracks without a tempo label")
 
     if isinstance(audio, (str, Path)):
         wave, sample_rate = load_audio(audio), SAMPLE_RATE

@@ -23,6 +23,7 @@ from hybrid_retrieval.config_base import StrictConfig
 from hybrid_retrieval.disentangled.conditions import DEFAULT_CONDITIONS
 from hybrid_retrieval.disentangled.features import tile_starts
 from hybrid_retrieval.errors import BadInputError
+from hybrid_retrieval.modes import eval_mode
 
 MASK_KINDS = ("fixed", "learned", "none")
 HEAD_KINDS = ("shared", "separate")
@@ -146,24 +147,22 @@ class ConditionalSimilarityNet(nn.Module):
 def embed_tracks(model: ConditionalSimilarityNet, sequences: Sequence[Tensor], segment_frames: int,
                  batch_size: int = 512) -> Tensor:
     """(n_tracks, embed_dim): each track is the mean embedding of non-overlapping segments covering it."""
-    was_training = model.training
-    model.eval()
     owners, segments = [], []
     for i, seq in enumerate(sequences):
         for start in tile_starts(len(seq), segment_frames):
             owners.append(i)
             segments.append(seq[start:start + segment_frames])
     parts = []
-    for start in range(0, len(segments), batch_size):
-        chunk = segments[start:start + batch_size]
-        lengths = {len(s) for s in chunk}
-        if len(lengths) == 1:
-            parts.append(model(torch.stack(chunk)))
-        else:  # tracks shorter than a segment: one at a time (no padding, which would change them)
-            parts.extend(model(s[None]) for s in chunk)
+    with eval_mode(model):
+        for start in range(0, len(segments), batch_size):
+            chunk = segments[start:start + batch_size]
+            lengths = {len(s) for s in chunk}
+            if len(lengths) == 1:
+                parts.append(model(torch.stack(chunk)))
+            else:  # tracks shorter than a segment: one at a time (no padding, which would change them)
+                parts.extend(model(s[None]) for s in chunk)
     embeddings = torch.cat(parts)
     owner = torch.tensor(owners)
     sums = torch.zeros(len(sequences), embeddings.shape[1]).index_add_(0, owner, embeddings)
     counts = torch.bincount(owner, minlength=len(sequences)).clamp(min=1)[:, None]
-    model.train(was_training)
     return sums / counts

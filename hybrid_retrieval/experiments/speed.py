@@ -195,7 +195,13 @@ def measure_train(mode: str, device: str, root: str, limit_items: int, steps: in
 
     from hybrid_retrieval.losses import ContrastiveLoss
     from hybrid_retrieval.training.config import split_config
-    from hybrid_retrieval.training.loop import build_model, load_items, optimizer_and_schedule, train_step, training_data
+    from hybrid_retrieval.training.loop import (
+        build_model,
+        load_items,
+        optimizer_and_schedule,
+        train_step,
+        training_data,
+    )
 
     frozen = mode == "frozen"
     flat = {"dataset": "synthmusic", "data_root": root, "limit_items": limit_items, "batch_size": batch_size,

@@ -18,9 +18,9 @@ from tqdm.auto import tqdm
 
 from hybrid_retrieval import distributed as dist_utils
 from hybrid_retrieval.audio.pretrained import WeightsNotFoundError
-from hybrid_retrieval.errors import BadInputError
 from hybrid_retrieval.data.items import CatalogueItem, caption_pairs
 from hybrid_retrieval.data.registry import load_split
+from hybrid_retrieval.errors import BadInputError
 from hybrid_retrieval.evaluation import evaluate
 from hybrid_retrieval.losses import ContrastiveLoss
 from hybrid_retrieval.model import ModelConfig, RetrievalModel, create_model

@@ -6,10 +6,9 @@ never loaded by code that does not search with it.
 """
 from __future__ import annotations
 
-import importlib
-
 from hybrid_retrieval.errors import BadInputError
 from hybrid_retrieval.index.backends.base import IndexBackend
+from hybrid_retrieval.lazy import import_object
 
 BACKENDS = {
     "torch": "hybrid_retrieval.index.backends.exact:ExactBackend",
@@ -21,8 +20,7 @@ DEFAULT_BACKEND = "torch"
 def backend_class(name: str) -> type[IndexBackend]:
     if name not in BACKENDS:
         raise BadInputError(f"unknown index backend {name!r}; known: {sorted(BACKENDS)}")
-    module, _, cls = BACKENDS[name].partition(":")
-    return getattr(importlib.import_module(module), cls)
+    return import_object(BACKENDS[name])
 
 
 def create_backend(name: str = DEFAULT_BACKEND) -> IndexBackend:

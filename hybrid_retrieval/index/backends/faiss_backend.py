@@ -15,14 +15,12 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from hybrid_retrieval.errors import BadInputError, MissingDependencyError
+from hybrid_retrieval.deps import optional_import
+from hybrid_retrieval.errors import BadInputError
 from hybrid_retrieval.index.backends.base import recall_at_k
 from hybrid_retrieval.index.backends.exact import exact_search
 
-try:
-    import faiss
-except ImportError as exc:
-    raise MissingDependencyError('approximate search needs faiss: pip install -e ".[faiss]" (or faiss-cpu)') from exc
+faiss = optional_import("faiss", "faiss", "approximate search (a FAISS index)")
 
 log = logging.getLogger("hybrid_retrieval")
 
