@@ -5,13 +5,14 @@ from collections.abc import Callable
 
 from torch import nn
 
+from fusion.base import ItemEncoder
 from hybrid_retrieval.errors import BadInputError
 
-FUSIONS: dict[str, type[nn.Module]] = {}
+FUSIONS: dict[str, type[ItemEncoder]] = {}
 
 
-def register_fusion(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
-    def add(cls: type[nn.Module]) -> type[nn.Module]:
+def register_fusion(name: str) -> Callable[[type[ItemEncoder]], type[ItemEncoder]]:
+    def add(cls: type[ItemEncoder]) -> type[ItemEncoder]:
         if name in FUSIONS:
             raise ValueError(f"fusion {name!r} is registered twice")
         FUSIONS[name] = cls
@@ -21,7 +22,7 @@ def register_fusion(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
 
 
 def create_fusion(name: str, audio_dim: int, text_dim: int, embed_dim: int,
-                  metadata_projection: nn.Module | None = None, **options) -> nn.Module:
+                  metadata_projection: nn.Module | None = None, **options) -> ItemEncoder:
     """Instantiate the item encoder registered as `name`; `options` are its keyword arguments.
 
     metadata_projection: the projection metadata embeddings go through, for fusions that project

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from hybrid_retrieval.experiments.speed import main
+from hybrid_retrieval.experiments.speed import run_benchmarks
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_benchmarks())

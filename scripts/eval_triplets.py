@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from hybrid_retrieval.disentangled.benchmark import ROWS, mean_over_seeds, run_triplet_benchmark, triplet_table
+from hybrid_retrieval.disentangled.benchmark import CSN_ROWS, mean_over_seeds, run_triplet_benchmark, triplet_table
 from hybrid_retrieval.disentangled.evaluation import DEFAULT_TRIPLETS
 from hybrid_retrieval.errors import run_reporting_errors
 
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 (default 1)")
     parser.add_argument("--triplets", type=int, default=DEFAULT_TRIPLETS,
                         help=f"held-out triplets per condition (default {DEFAULT_TRIPLETS})")
-    parser.add_argument("--configs", nargs="+", default=list(ROWS), help=f"rows (default: {' '.join(ROWS)})")
+    parser.add_argument("--configs", nargs="+", default=list(CSN_ROWS), help=f"rows (default: {' '.join(CSN_ROWS)})")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key for every row (YAML value), e.g. epochs=20")
     parser.add_argument("--out", default=None, help="folder for table.md, table.json and the first seed's models")

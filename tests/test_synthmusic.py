@@ -169,7 +169,7 @@ def test_metadata_is_partly_redundant_and_noisy():
 
 def test_midi_has_the_factors():
     spec = next(s for s in sm.plan_split(0, "validation", 12, 8.0) if s.genre == "waltz")
-    pm = sm.compose(spec)
+    pm = sm.compose_clip(spec)
     programs = {i.program for i in pm.instruments if not i.is_drum}
     assert sm.INSTRUMENT_PROGRAMS[spec.lead_instrument] in programs
     assert any(i.is_drum and i.notes for i in pm.instruments)

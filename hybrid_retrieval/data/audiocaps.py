@@ -19,7 +19,7 @@ from hybrid_retrieval.data.spec import DatasetSpec
 from hybrid_retrieval.deps import optional_import
 from hybrid_retrieval.errors import BadInputError, NotFoundError
 
-logger = logging.getLogger("hybrid_retrieval")
+log = logging.getLogger("hybrid_retrieval")
 
 AUDIOCAPS_SPLITS = ("train", "val", "test")
 AUDIOCAPS_ALIASES = {"validation": "val", "eval": "test", "evaluation": "test"}
@@ -111,7 +111,7 @@ def _closed_set_tags(
         segment_paths = [path for path in (first_file(folders, name) for name in SEGMENT_CSVS) if path]
     labels_path = Path(class_labels_csv) if class_labels_csv is not None else first_file(folders, CLASS_LABELS_CSV)
     if not segment_paths or labels_path is None:
-        logger.warning(
+        log.warning(
             "%s: no closed-set tags: AudioSet CSVs not found (one of %s plus %s, looked in %s)",
             label, ", ".join(SEGMENT_CSVS), CLASS_LABELS_CSV, ", ".join(map(str, folders)),
         )

@@ -19,7 +19,7 @@ from hybrid_retrieval.data.spec import DatasetSpec
 from hybrid_retrieval.deps import optional_import
 from hybrid_retrieval.errors import BadInputError, NotFoundError
 
-logger = logging.getLogger("hybrid_retrieval")
+log = logging.getLogger("hybrid_retrieval")
 
 CLOTHO_SPLITS = ("development", "validation", "evaluation")
 CLOTHO_ALIASES = {"train": "development", "dev": "development", "val": "validation", "test": "evaluation",
@@ -61,7 +61,7 @@ def drop_missing_audio(items: list[CatalogueItem], label: str, where: str) -> li
     """
     kept = [item for item in items if item.audio_path.is_file()]
     if len(kept) < len(items):
-        logger.warning(
+        log.warning(
             "%s: skipped %d of %d clips whose audio is missing under %s",
             label, len(items) - len(kept), len(items), where,
         )

@@ -105,7 +105,7 @@ from hybrid_retrieval.data.synthmusic_factors import (
     tempo_bin,
 )
 from hybrid_retrieval.data.synthmusic_render import (
-    compose,
+    compose_clip,
     render_chunk,
     render_clip,
     render_midi,
@@ -121,7 +121,7 @@ __all__ = [
     "ACCOMPANIMENT", "ACCOMPANIMENT_PROGRAMS", "CS_VOCABULARY", "EVENTS", "FACTOR_COLUMNS", "GENRE_TEMPO_RANGES",
     "GENRES", "INSTRUMENT_PROGRAMS", "INSTRUMENTS", "MANIFEST_NAME", "MOOD_MODES", "MOODS", "SPLITS",
     "TEMPO_BIN_EDGES", "TEMPO_BINS", "TEMPO_RANGE", "TIME_SIGNATURES", "TONICS", "ClipSpec", "MetadataNoise",
-    "SynthMusicReport", "build_synthmusic", "clip_text", "compose", "generate_synthmusic", "plan_split",
+    "SynthMusicReport", "build_synthmusic", "clip_text", "compose_clip", "generate_synthmusic", "plan_split",
     "read_factors", "render_clip", "render_midi", "soundfont_path", "tempo_bin", "validate_parameters",
 ]
 

@@ -387,7 +387,7 @@ def _compose_drums(score: _Score, inst, limit: float) -> None:
             _add(inst, 105 * level, CRASH, start, start + 1.0, limit)
 
 
-def compose(spec: ClipSpec):
+def compose_clip(spec: ClipSpec):
     """The clip as a pretty_midi.PrettyMIDI (lead, chords, bass, optional layer and GM drums)."""
     import pretty_midi
 
@@ -539,7 +539,7 @@ def _reverb(audio: np.ndarray, rng: np.random.Generator, sample_rate: int) -> np
 
 def render_clip(spec: ClipSpec, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     """The audio of a clip: composed, rendered, with room reverb, dynamics events and peak level."""
-    pm = compose(spec)
+    pm = compose_clip(spec)
     audio = render_midi(pm, spec.seconds, sample_rate).astype(np.float64)
     post = np.random.Generator(np.random.PCG64([spec.render_seed, 1]))
     audio = _reverb(audio, post, sample_rate)

@@ -24,7 +24,7 @@ from hybrid_retrieval.experiments.config import compose, merge
 
 log = logging.getLogger("hybrid_retrieval")
 
-ROWS = {
+CSN_ROWS = {
     "csn_track": "CSN + track regularization",
     "csn": "CSN",
     "unmasked": "single unmasked space",
@@ -33,7 +33,7 @@ ROWS = {
 
 
 def run_triplet_benchmark(data_root: str | Path = "data/synthmusic", cache_dir: str | Path | None = ".cache/features",
-                          seed: int = 0, configs: tuple[str, ...] = tuple(ROWS), n_triplets: int = DEFAULT_TRIPLETS,
+                          seed: int = 0, configs: tuple[str, ...] = tuple(CSN_ROWS), n_triplets: int = DEFAULT_TRIPLETS,
                           overrides: dict | None = None, out_dir: str | Path | None = None,
                           train_split: str = "development", eval_split: str = "evaluation",
                           progress: bool = False, num_threads: int | None = 1) -> dict:
@@ -41,7 +41,7 @@ def run_triplet_benchmark(data_root: str | Path = "data/synthmusic", cache_dir: 
 
     num_threads: torch CPU threads while it runs (restored after; None: leave as is). One is the
     default because the heads and losses are small: on a shared 2-core machine two threads spent
-    more time waiting on each other than computing (measured 165 s against 76 s for the table).
+    more time waiting on each other than computing (BENCHMARKS.md, disentangled table).
 
     Returns {"rows": [{"config", "label", <condition>: accuracy, ..., "mean"}], "conditions",
     "n_triplets", "seed", "eval_split", "n_eval_tracks", "seconds": {"features", "train": {config: s},
@@ -86,7 +86,7 @@ def _run(data_root: str | Path, cache_dir: str | Path | None, seed: int, configs
         tick = time.perf_counter()
         scores = evaluate_triplets(model, source, eval_data, n_triplets, seed, train_config.tolerance)
         seconds["evaluate"] += time.perf_counter() - tick
-        rows.append({"config": name, "label": ROWS.get(name, name), **scores})
+        rows.append({"config": name, "label": CSN_ROWS.get(name, name), **scores})
         log.info("%s: %s", name, scores)
         if out_dir is not None:
             save_model(Path(out_dir) / name, model, source, train_config.to_dict(), {"eval_triplet_accuracy": scores})

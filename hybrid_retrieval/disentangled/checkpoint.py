@@ -24,7 +24,7 @@ from hybrid_retrieval.errors import BadInputError, IncompatibleModelError, NotFo
 from hybrid_retrieval.fingerprint import fingerprint_hash, module_state_hash
 from hybrid_retrieval.hub import atomic_directory, cache_dir
 
-FORMAT = "hybrid_retrieval.disentangled/1"
+MODEL_FORMAT = "hybrid_retrieval.disentangled/1"
 TRAIN_HINT = ("train one with `python scripts/train_disentangled.py with export_default=True` "
               "(installs it as the default), or pass --checkpoint RUN_DIR")
 
@@ -48,7 +48,7 @@ def save_model(directory: str | Path, model: ConditionalSimilarityNet, source: F
                train_config: dict, metrics: dict | None = None) -> Path:
     """Write a model directory atomically (replacing an older one)."""
     directory = Path(directory)
-    config = {"format": FORMAT, "model": model.config.to_dict(), "train": train_config,
+    config = {"format": MODEL_FORMAT, "model": model.config.to_dict(), "train": train_config,
               "features": source.fingerprint(), "metrics": metrics or {}}
     with atomic_directory(directory) as tmp:
         weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -76,8 +76,8 @@ def load_model(path: str | Path | None = None, weights: str | None = None,
     window_seconds: see TowerTokens."""
     directory = find_model(path)
     config = json.loads((directory / "config.json").read_text())
-    if config.get("format") != FORMAT:
-        raise BadInputError(f"{directory} is not a similarity model of format {FORMAT} (found {config.get('format')})")
+    if config.get("format") != MODEL_FORMAT:
+        raise BadInputError(f"{directory} is not a similarity model of format {MODEL_FORMAT} (found {config.get('format')})")
     model_config = CSNConfig.from_dict(config["model"])
     source = create_source(model_config.encoder, model_config.audio_encoder,
                            weights or config["train"].get("audio_weights"), window_seconds)

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import torch
 
-from fusion import FUSIONS
 from hybrid_retrieval.data.items import CatalogueItem, caption_pairs
 from hybrid_retrieval.data.registry import load_split
 from hybrid_retrieval.errors import BadInputError
@@ -75,6 +74,8 @@ def encoder_choice_matters(names: list[str], settings: dict) -> bool:
     """Whether a separate metadata encoder changes this row's model: with a trainable text tower
     always; with a frozen one only where the fusion projects metadata with the query projection
     (late, metadata-only); mid fusion then has no shared trainable part, so both are identical."""
+    from fusion import FUSIONS  # only the model factory imports fusion when a module loads
+
     return not settings.get("freeze_text", True) or FUSIONS[compose(names)["fusion"]].uses_text_projection
 
 

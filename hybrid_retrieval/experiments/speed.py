@@ -4,7 +4,7 @@
     python scripts/bench.py --only search --sizes 10000,100000
     python scripts/bench.py --device cuda                     # on a GPU: adds bf16 and torch.compile rows
 
-(`scripts/bench.py` calls `main` here.) Every measurement runs in its own subprocess
+(`scripts/bench.py` calls `run_benchmarks` here.) Every measurement runs in its own subprocess
 (`python -m hybrid_retrieval.experiments.speed --worker KIND JSON`), so its peak memory is that process's maximum
 resident set size (getrusage ru_maxrss; on CUDA also torch.cuda.max_memory_allocated), with
 the resident size after its setup beside it. Throughputs are compared as ratios within one run:
@@ -41,10 +41,10 @@ from pathlib import Path
 
 import torch
 
+from hybrid_retrieval.audio.io import SAMPLE_RATE
 from hybrid_retrieval.report import markdown_table
 
 CLIP_SECONDS = 10.0
-SAMPLE_RATE = 32_000
 EMBED_VARIANTS = ("reference", "batch1", "batch32", "batch32-plain", "batch32-one-forward")
 EMBED_LABELS = {
     "reference": "reference loop (per clip, autograd on)",
@@ -352,7 +352,7 @@ def bench_train(args: argparse.Namespace) -> str:
     return markdown_table(rows, columns, f"mn04_minilm, batch {args.batch_size}, {args.device}")
 
 
-def main(argv: list[str] | None = None) -> int:
+def run_benchmarks(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--worker", nargs=2, metavar=("KIND", "JSON"), help=argparse.SUPPRESS)
     parser.add_argument("--only", default="embed,search,train", help="comma-separated subset of embed,search,train")
@@ -396,4 +396,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_benchmarks())

@@ -14,7 +14,7 @@ _EXPORTS = {
     "SearchIndex": "hybrid_retrieval.index.search_index",
     "build_index": "hybrid_retrieval.index.search_index",
     "model_identity": "hybrid_retrieval.index.search_index",
-    "FORMAT": "hybrid_retrieval.index.store",
+    "INDEX_FORMAT": "hybrid_retrieval.index.store",
     "load_index": "hybrid_retrieval.index.store",
     "save_index": "hybrid_retrieval.index.store",
 }

@@ -63,7 +63,7 @@ def add_index_commands(sub: argparse._SubParsersAction) -> None:
     search.set_defaults(func=_search)
 
 
-def load_model(checkpoint: str, device: str):
+def open_checkpoint(checkpoint: str, device: str):
     """(model in eval mode, {"path", "epoch", "step"}) of a checkpoint or run directory."""
     from hybrid_retrieval.training.checkpoint import find_checkpoint, load_checkpoint
     from hybrid_retrieval.training.loop import resolve_device
@@ -86,7 +86,7 @@ def _build(args: argparse.Namespace) -> int:
     from hybrid_retrieval.index import build_index, save_index
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    model, checkpoint = load_model(args.checkpoint, args.device)
+    model, checkpoint = open_checkpoint(args.checkpoint, args.device)
     items = load_catalogue(args.source, args.metadata)
     recall_queries = read_lines(args.recall_queries) if args.recall_queries else None
     if args.metadata and not model.uses_metadata:
@@ -134,7 +134,7 @@ def _search(args: argparse.Namespace) -> int:
 
     index = load_index(args.index)
     try:
-        model, _ = load_model(args.checkpoint or index.checkpoint, args.device)
+        model, _ = open_checkpoint(args.checkpoint or index.checkpoint, args.device)
     except NotFoundError as exc:
         if args.checkpoint:
             raise

@@ -17,13 +17,13 @@ from hybrid_retrieval.index.backends import backend_class
 from hybrid_retrieval.index.search_index import SearchIndex
 from hybrid_retrieval.tensorfile import json_tensor, load_tensor_file, save_tensor_file, tensor_json
 
-FORMAT = "hybrid_retrieval.index/2"
+INDEX_FORMAT = "hybrid_retrieval.index/2"
 
 
 def save_index(index: SearchIndex, path: str | Path) -> Path:
     """Write `index` to the file `path` atomically: a crash leaves any previous file untouched."""
     settings, backend_tensors = index.backend.save()
-    header = {**index.info, "format": FORMAT, "search": settings}
+    header = {**index.info, "format": INDEX_FORMAT, "search": settings}
     tensors = {"embeddings": index.embeddings.float(),
                "items": json_tensor({"ids": index.ids, "paths": index.paths, "metadata": index.metadata}),
                **backend_tensors}
@@ -33,7 +33,7 @@ def save_index(index: SearchIndex, path: str | Path) -> Path:
 def load_index(path: str | Path) -> SearchIndex:
     """Read an index written by `save_index` (NotFoundError if there is none, BadInputError if the
     file is not one)."""
-    header, tensors = load_tensor_file(path, FORMAT, "index", hint="build one with `hybrid-retrieval index build`")
+    header, tensors = load_tensor_file(path, INDEX_FORMAT, "index", hint="build one with `hybrid-retrieval index build`")
     try:
         items = tensor_json(tensors.pop("items"))
         embeddings = tensors.pop("embeddings")
