@@ -95,3 +95,82 @@ def mn04(shared: Path):
     from hybrid_retrieval.audio.tower import create_audio_tower
 
     return create_audio_tower("efficientat:mn04_as", weights=str(shared / "models" / "mn04_as_mAP_432.pt")).eval()
+
+
+# A tiny WavCaps in its published JSON format: entry fields as each source's file has them
+# (FreeSound: id, file_name, href, tags, description, author, download_link, caption, duration;
+# BBC: id, description, category, caption, duration, download_link; SoundBible: title,
+# description, author, href, caption, id, duration; AudioSet_SL: id, caption, audio, duration).
+WAVCAPS_ENTRIES = {
+    "FreeSound": [
+        {"id": "180913", "file_name": "Garden birds.wav", "href": "180913-Garden-birds.html",
+         "tags": ["birds", " garden ", ""], "description": "Birds in my garden at dawn.", "author": "someone",
+         "download_link": "https://freesound.org/people/someone/sounds/180913/download/180913.wav",
+         "caption": "Birds are chirping in a garden.", "duration": 1.5},
+        {"id": "80399", "file_name": "Radio Garble.wav", "href": "80399-Radio-Garble.html", "tags": [],
+         "description": "", "author": "other", "download_link": "https://freesound.org/people/other/sounds/80399/",
+         "caption": "A radio crackles with voices.", "duration": 1},
+        {"id": "555", "file_name": "never downloaded.wav", "href": "555.html", "tags": ["rain"],
+         "description": "Rain.", "author": "x", "download_link": "https://freesound.org/s/555/",
+         "caption": "Rain falls on a roof.", "duration": 2.0},
+    ],
+    "BBC_Sound_Effects": [
+        {"id": "07070001", "description": "Kettle boiling, switch off.", "category": "['Kitchen']",
+         "caption": "A kettle boils and clicks off.", "duration": 1.25,
+         "download_link": "https://sound-effects-media.bbcrewind.co.uk/zip/07070001.wav.zip"},
+    ],
+    "SoundBible": [
+        {"title": "Service Bell Help", "description": "Customer ringing service bell in a store.",
+         "author": "Daniel Simion", "href": "2218-Service-Bell-Help.html", "caption": "Someone is ringing a bell.",
+         "id": "2218", "duration": 1.5},
+    ],
+    "AudioSet_SL": [
+        {"id": "Y---1_cCGK4M.wav", "caption": "A man speaks while a vehicle passes by.",
+         "audio": "wav_path", "duration": 1.0},
+    ],
+}
+WAVCAPS_JSON = {"FreeSound": "fsd_final.json", "BBC_Sound_Effects": "bbc_final.json", "SoundBible": "sb_final.json",
+                "AudioSet_SL": "as_final.json"}
+WAVCAPS_MISSING_AUDIO = ("FreeSound", "555")  # its FLAC is not written
+
+
+def write_wavcaps(base: Path) -> Path:
+    """WAVCAPS_ENTRIES as `base/json_files/<Source>/<x>_final.json` ({"num_captions_per_audio": 1,
+    "data": [...]}) and FLAC tones in `base/Audio/<Source>/` named as aac-datasets names them."""
+    import json
+
+    import numpy as np
+    import soundfile as sf
+
+    sr = 32_000
+    for k, (source, entries) in enumerate(WAVCAPS_ENTRIES.items()):
+        folder = base / "json_files" / source
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / WAVCAPS_JSON[source]).write_text(json.dumps({"num_captions_per_audio": 1, "data": entries}))
+        audio = base / "Audio" / source
+        audio.mkdir(parents=True, exist_ok=True)
+        for i, entry in enumerate(entries):
+            if (source, entry["id"]) == WAVCAPS_MISSING_AUDIO:
+                continue
+            name = entry["id"].replace(".wav", "") + ".flac"
+            t = np.arange(int(sr * entry["duration"])) / sr
+            sf.write(audio / name, (0.3 * np.sin(2 * np.pi * (300 + 200 * k + 50 * i) * t)).astype(np.float32), sr)
+    return base
+
+
+@pytest.fixture()
+def datasets_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Hugging Face `datasets`' cache redirected into tmp_path (where WavCaps' Arrow tables go)."""
+    import datasets
+
+    cache = tmp_path / "hf_datasets_cache"
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
+    return cache
+
+
+@pytest.fixture()
+def wavcaps_root(tmp_path: Path, datasets_cache: Path) -> Path:
+    """A tiny WavCaps in aac-datasets' layout (`root/WavCaps/...`), its Arrow cache in tmp_path."""
+    root = tmp_path / "wavcaps"
+    write_wavcaps(root / "WavCaps")
+    return root

@@ -1,4 +1,5 @@
-"""Dataset loaders (Clotho, AudioCaps, SynthMusic layout), the registry and the download wrapper.
+"""Dataset loaders (Clotho, AudioCaps, SynthMusic layout), the registry and the download wrapper
+(WavCaps' loader: tests/test_wavcaps.py).
 
 The real CSV rows in ../shared/fixtures are read as they are; roots with audio are built in
 tmp_path from copies of them plus a few tiny silent wavs.
@@ -59,6 +60,7 @@ def test_clotho_fixture_read_as_published(clotho_fixtures: Path) -> None:
     assert len(item.captions) == 5
     # metadata row with a quoted "[11162624, 11932169]" start_end_samples
     assert item.metadata == {"os": ["Ambience", "outside", "OWI", "Birds", "night"]}
+    assert item.freesound_id == "327673"  # sound_id, the number in its sound_link
 
 
 def test_clotho_missing_captions_csv_names_path(clotho_fixtures: Path) -> None:
@@ -165,6 +167,9 @@ def test_synthmusic_extra_columns(tmp_path: Path) -> None:
         "fs": "A calm, slow piano piece in C major.",
     }
     assert item.metadata_text("cs+os+fs") == "Piano, Music. calm, slow. A calm, slow piano piece in C major."
+    # SynthMusic's sound_id numbers its clips and names no Freesound sound; Clotho's names one
+    assert item.freesound_id == ""
+    assert load_split("clotho", tmp_path, "test", require_audio=False)[0].freesound_id == "1"
 
 
 # --- AudioCaps --------------------------------------------------------------------------------
@@ -305,13 +310,13 @@ def test_registry_loads_through_aliases(clotho_fixtures: Path, audiocaps_fixture
 
 
 def test_registry_errors(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="clotho.*audiocaps.*synthmusic"):
-        load_split("wavcaps", tmp_path, "train")
+    with pytest.raises(ValueError, match="clotho.*audiocaps.*synthmusic.*wavcaps"):
+        load_split("macs", tmp_path, "train")
     with pytest.raises(ValueError, match="development.*validation.*evaluation"):
         load_split("clotho", tmp_path, "holdout")
     with pytest.raises(ValueError, match="train.*val.*test"):
         resolve_split("audiocaps", "development")
-    assert list(DATASETS) == ["clotho", "audiocaps", "synthmusic"]
+    assert list(DATASETS) == ["clotho", "audiocaps", "synthmusic", "wavcaps"]
 
 
 # --- download (up to the network boundary) --------------------------------------------------
@@ -331,10 +336,13 @@ def fake_aac(monkeypatch: pytest.MonkeyPatch, online: None) -> list[tuple[str, d
     clotho.download_clotho_datasets = lambda **kwargs: calls.append(("clotho", kwargs))
     audiocaps = types.ModuleType("aac_datasets.datasets.functional.audiocaps")
     audiocaps.download_audiocaps_datasets = lambda **kwargs: calls.append(("audiocaps", kwargs))
+    wavcaps = types.ModuleType("aac_datasets.datasets.functional.wavcaps")
+    wavcaps.download_wavcaps_datasets = lambda **kwargs: calls.append(("wavcaps", kwargs))
     for name in ("aac_datasets", "aac_datasets.datasets", "aac_datasets.datasets.functional"):
         monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
     monkeypatch.setitem(sys.modules, clotho.__name__, clotho)
     monkeypatch.setitem(sys.modules, audiocaps.__name__, audiocaps)
+    monkeypatch.setitem(sys.modules, wavcaps.__name__, wavcaps)
     return calls
 
 
@@ -352,6 +360,17 @@ def test_download_audiocaps_calls_aac(fake_aac: list, tmp_path: Path) -> None:
     assert kwargs["root"] == str(tmp_path) and kwargs["subsets"] == ["val"] and kwargs["with_tags"] is True
 
 
+@pytest.mark.parametrize(("splits", "subsets"), [
+    (None, ["audioset", "bbc", "freesound", "soundbible"]),  # train and every source: each subset once
+    ("train", ["audioset", "bbc", "freesound", "soundbible"]),
+    (["fsd", "sb"], ["freesound", "soundbible"]),
+    ("BBC_Sound_Effects", ["bbc"]),
+])
+def test_download_wavcaps_calls_aac(fake_aac: list, tmp_path: Path, splits, subsets: list[str]) -> None:
+    download.download_dataset("wavcaps", tmp_path, splits)
+    assert fake_aac == [("wavcaps", {"root": str(tmp_path), "subsets": subsets, "verbose": 1})]
+
+
 def test_download_all_splits_by_default(fake_aac: list, tmp_path: Path) -> None:
     download.download_dataset("clotho", tmp_path)
     assert fake_aac[0][1]["subsets"] == ["dev", "val", "eval"]
@@ -367,6 +386,14 @@ def test_download_refuses_offline(
     assert "clotho_captions_" in str(excinfo.value)  # says what to place by hand
     assert fake_aac == []
     assert not (tmp_path / "data").exists()
+
+
+def test_download_wavcaps_offline_says_what_to_place(fake_aac: list, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(download.OfflineError, match=r"cvssp/WavCaps.*Audio/<Source>/<id>\.flac"):
+        download.download_dataset("wavcaps", tmp_path / "wavcaps")
+    assert fake_aac == []
 
 
 def test_download_offline_switch_off_values(fake_aac: list, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

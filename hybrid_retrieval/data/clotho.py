@@ -78,26 +78,33 @@ def first_file(folders: Iterable[Path], name: str) -> Path | None:
     return next((folder / name for folder in folders if (folder / name).is_file()), None)
 
 
-def read_metadata_csv(path: Path) -> dict[str, dict[str, list[str] | str]]:
-    """file_name -> metadata kinds: keywords -> "os"; SynthMusic's closed_tags -> "cs", description -> "fs"."""
+def _metadata_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a metadata CSV, which must have a `file_name` column."""
     header, rows = read_csv(path)
     if "file_name" not in header:
         raise BadInputError(f"{path}: no 'file_name' column (header: {header})")
-    metadata: dict[str, dict[str, list[str] | str]] = {}
-    for row in rows:
-        kinds: dict[str, list[str] | str] = {}
-        if keywords := split_tags(row.get("keywords", "")):
-            kinds["os"] = keywords
-        if closed := split_tags(row.get("closed_tags", "")):
-            kinds["cs"] = closed
-        if description := row.get("description", "").strip():
-            kinds["fs"] = description
-        metadata[row["file_name"]] = kinds
-    return metadata
+    return rows
+
+
+def _metadata_kinds(row: dict[str, str]) -> dict[str, list[str] | str]:
+    """keywords -> "os"; SynthMusic's closed_tags -> "cs", description -> "fs"."""
+    kinds: dict[str, list[str] | str] = {}
+    if keywords := split_tags(row.get("keywords", "")):
+        kinds["os"] = keywords
+    if closed := split_tags(row.get("closed_tags", "")):
+        kinds["cs"] = closed
+    if description := row.get("description", "").strip():
+        kinds["fs"] = description
+    return kinds
+
+
+def read_metadata_csv(path: Path) -> dict[str, dict[str, list[str] | str]]:
+    """file_name -> metadata kinds: keywords -> "os"; SynthMusic's closed_tags -> "cs", description -> "fs"."""
+    return {row["file_name"]: _metadata_kinds(row) for row in _metadata_rows(path)}
 
 
 def load_clotho(
-    root: str | Path, split: str, *, require_audio: bool = True, name: str = "clotho"
+    root: str | Path, split: str, *, require_audio: bool = True, name: str = "clotho", freesound: bool = True
 ) -> list[CatalogueItem]:
     """The items of one split of a Clotho-layout dataset under `root`, in captions-CSV order.
 
@@ -107,7 +114,9 @@ def load_clotho(
     `root/CLOTHO_v2.1/clotho_audio_files/{split}`. The captions CSV is required; without a metadata
     CSV items have empty metadata. `require_audio` drops (and counts in one log line) the items
     whose audio file is missing; turn it off to inspect the CSVs alone. `name` labels messages
-    (SynthMusic is read by this loader too).
+    (SynthMusic is read by this loader too). With `freesound` (Clotho's clips are Freesound
+    sounds), each item's `freesound_id` is the metadata CSV's `sound_id`; SynthMusic writes its
+    own numbers there, which name no Freesound sound, so it turns this off.
     """
     if split not in CLOTHO_SPLITS:
         raise BadInputError(f"unknown {name} split {split!r}; expected one of {CLOTHO_SPLITS}")
@@ -122,7 +131,9 @@ def load_clotho(
         looked = ", ".join(str(folder / captions_name) for folder in csv_dirs)
         raise NotFoundError(f"{name}/{split}: captions CSV not found; looked for {looked}")
     metadata_path = first_file([captions_path.parent, *csv_dirs], f"clotho_metadata_{split}.csv")
-    metadata = read_metadata_csv(metadata_path) if metadata_path else {}
+    metadata_rows = _metadata_rows(metadata_path) if metadata_path else []
+    metadata = {row["file_name"]: _metadata_kinds(row) for row in metadata_rows}
+    sound_ids = {row["file_name"]: row.get("sound_id", "").strip() for row in metadata_rows} if freesound else {}
 
     audio_dirs = [
         root / f"clotho_audio_{split}",
@@ -150,6 +161,7 @@ def load_clotho(
                 audio_path=audio_dir / file_name,
                 captions=[row[column] for column in caption_columns if row[column]],
                 metadata=metadata.get(file_name, {}),
+                freesound_id=sound_ids.get(file_name, ""),
             )
         )
     if not require_audio:

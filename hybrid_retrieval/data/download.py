@@ -1,5 +1,5 @@
-"""Downloading datasets (optional extra `download`: aac-datasets does the work for Clotho and
-AudioCaps; each dataset's spec names its downloader).
+"""Downloading datasets (optional extra `download`: aac-datasets does the work for Clotho,
+AudioCaps and WavCaps; each dataset's spec names its downloader).
 
 This module maps our split names and aliases onto the dataset's own and refuses to touch the
 network in offline mode, saying what to place by hand instead. The files land under `root` in the

@@ -19,12 +19,15 @@ class CatalogueItem:
     audio_path: where the audio is expected; it may be missing, loaders report that separately.
     captions: the reference captions (queries) of the clip; may be empty for a plain catalogue.
     metadata: kind -> value, with "cs" and "os" lists of tags and "fs" one sentence.
+    freesound_id: the clip's Freesound sound id where it comes from Freesound (Clotho, WavCaps'
+        FreeSound source), else "": what the DCASE exclusion lists name (`data/exclusion.py`).
     """
 
     item_id: str
     audio_path: Path
     captions: list[str] = field(default_factory=list)
     metadata: dict[str, list[str] | str] = field(default_factory=dict)
+    freesound_id: str = ""
 
     def metadata_text(self, kinds: str | tuple[str, ...] | list[str]) -> str:
         """The item's metadata of the requested kinds as one text (empty when it has none).

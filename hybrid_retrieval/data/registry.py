@@ -12,9 +12,10 @@ from hybrid_retrieval.data.clotho import CLOTHO
 from hybrid_retrieval.data.items import CatalogueItem
 from hybrid_retrieval.data.spec import DatasetSpec
 from hybrid_retrieval.data.synthmusic import SYNTHMUSIC
+from hybrid_retrieval.data.wavcaps import WAVCAPS
 from hybrid_retrieval.errors import BadInputError
 
-DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (CLOTHO, AUDIOCAPS, SYNTHMUSIC)}
+DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (CLOTHO, AUDIOCAPS, SYNTHMUSIC, WAVCAPS)}
 
 
 def dataset_spec(dataset: str) -> DatasetSpec:

@@ -504,7 +504,7 @@ def generate_synthmusic(out_dir: str | Path, seed: int = 0, n_train: int = 1200,
 
 def load_synthmusic(root: str | Path, split: str, *, require_audio: bool = True) -> list:
     """The items of a SynthMusic split (written in Clotho's layout, so Clotho's loader reads it)."""
-    return load_clotho(root, split, require_audio=require_audio, name="synthmusic")
+    return load_clotho(root, split, require_audio=require_audio, name="synthmusic", freesound=False)
 
 
 SYNTHMUSIC = DatasetSpec("synthmusic", SPLITS, load_synthmusic, CLOTHO_ALIASES, sample_rate=SAMPLE_RATE,

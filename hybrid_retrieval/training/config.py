@@ -7,21 +7,29 @@ run. `model` names the base model config the model keys override.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from hybrid_retrieval.config_base import StrictConfig, partition_keys
+from hybrid_retrieval.errors import BadInputError
 from hybrid_retrieval.model import ModelConfig, get_model_config
 
 
 @dataclass
 class TrainConfig(StrictConfig):
     # data
-    dataset: str = "synthmusic"  # clotho | audiocaps | synthmusic
+    dataset: str = "synthmusic"  # clotho | audiocaps | synthmusic | wavcaps
     data_root: str = "data/synthmusic"
     train_split: str = "train"
     val_split: str = "val"
     eval_split: str = "eval"
     limit_items: int | None = None  # use only the first N items of each split (smoke tests)
+    # training on several datasets at once: [{name, root, split, weight?}, ...], concatenated
+    # (validation stays on dataset/data_root/val_split); None: dataset/data_root/train_split alone.
+    # Without weights every pair is equally likely (datasets mix in proportion to their size); with
+    # a weight on every entry, dataset d gives a weight_d / sum(weights) share of each epoch's pairs.
+    datasets: list[dict] | None = None
+    exclude_freesound_ids: str | None = None  # CSV with a sound_id column: training clips to drop
     # model
     model: str = "mn04_minilm"  # base model config (hybrid_retrieval/model_configs/)
     audio_pretrained: bool = True  # load the released audio weights (random init if unavailable)
@@ -49,6 +57,42 @@ class TrainConfig(StrictConfig):
     eval_every: int = 1  # validate every N epochs (0: only at the end)
     resume: str | None = None  # run or checkpoint directory to continue from
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.datasets is not None:
+            self.datasets = [_dataset_entry(entry, i) for i, entry in enumerate(self.datasets)]
+            if not self.datasets:
+                raise BadInputError("datasets is an empty list; leave it unset to train on `dataset` alone")
+            weighted = [("weight" in entry) for entry in self.datasets]
+            if any(weighted) and not all(weighted):
+                unweighted = [entry["name"] for entry, has in zip(self.datasets, weighted) if not has]
+                raise BadInputError(f"datasets: give every entry a weight or none (no weight: {unweighted})")
+
+    def training_datasets(self) -> list[dict]:
+        """The training sets as `datasets` entries: `datasets`, else the one of dataset/data_root/train_split."""
+        return self.datasets or [{"name": self.dataset, "root": self.data_root, "split": self.train_split}]
+
+
+_ENTRY_KEYS = {"name", "root", "split"}
+
+
+def _dataset_entry(entry: object, index: int) -> dict:
+    """A `datasets` entry checked: name, root, split, and an optional positive weight."""
+    if not isinstance(entry, Mapping):
+        raise BadInputError(f"datasets[{index}] is {entry!r}; expected a mapping with keys name, root, split "
+                            f"(and optionally weight)")
+    entry = dict(entry)
+    missing, unknown = _ENTRY_KEYS - set(entry), set(entry) - _ENTRY_KEYS - {"weight"}
+    if missing or unknown:
+        raise BadInputError(f"datasets[{index}] {entry}: missing {sorted(missing)}, unknown {sorted(unknown)}; "
+                            f"expected keys name, root, split (and optionally weight)")
+    if "weight" in entry:
+        weight = entry["weight"]
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
+            raise BadInputError(f"datasets[{index}] ({entry['name']}): weight must be a positive number, "
+                                f"not {weight!r}")
+        entry["weight"] = float(weight)
+    return entry
 
 
 def split_config(flat: dict) -> tuple[ModelConfig, TrainConfig]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from tqdm.auto import tqdm
 
 from hybrid_retrieval import distributed as dist_utils
 from hybrid_retrieval.audio.pretrained import WeightsNotFoundError
+from hybrid_retrieval.data.exclusion import drop_freesound_ids, read_freesound_ids
 from hybrid_retrieval.data.items import CatalogueItem, caption_pairs
 from hybrid_retrieval.data.registry import load_split
 from hybrid_retrieval.errors import BadInputError
@@ -43,12 +45,20 @@ log = logging.getLogger("hybrid_retrieval")
 class GlobalBatchSampler(Sampler[list[int]]):
     """Shuffles all pairs with a generator seeded by (seed, epoch) and cuts global batches; rank r
     of W takes the r-th slice of each. The global batches are the same for any W, so a
-    multi-process run sees the data of a one-process run."""
+    multi-process run sees the data of a one-process run.
 
-    def __init__(self, n: int, global_batch: int, seed: int, rank: int = 0, world: int = 1) -> None:
+    With `weights` (one per pair, not necessarily normalised) an epoch is instead n draws with
+    replacement, pair i drawn with probability weights[i] / sum(weights), from the same seeded
+    generator: how datasets of different sizes are mixed in given shares."""
+
+    def __init__(self, n: int, global_batch: int, seed: int, rank: int = 0, world: int = 1,
+                 weights: Sequence[float] | None = None) -> None:
         if global_batch % world:
             raise BadInputError(f"batch_size={global_batch} is not divisible by the {world} processes")
+        if weights is not None and len(weights) != n:
+            raise BadInputError(f"{len(weights)} sampling weights for {n} pairs")
         self.n, self.global_batch, self.seed, self.rank, self.world = n, global_batch, seed, rank, world
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.float64)
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -56,7 +66,10 @@ class GlobalBatchSampler(Sampler[list[int]]):
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        order = torch.randperm(self.n, generator=generator).tolist()
+        if self.weights is None:
+            order = torch.randperm(self.n, generator=generator).tolist()
+        else:
+            order = torch.multinomial(self.weights, self.n, replacement=True, generator=generator).tolist()
         size = min(self.global_batch, self.n)  # a split smaller than one batch gives one batch
         local = size // self.world
         for b in range(len(self)):
@@ -91,9 +104,38 @@ def parameter_groups(model: RetrievalModel, cfg: TrainConfig) -> list[dict]:
     return [g for g in groups if g["params"]]
 
 
-def load_items(cfg: TrainConfig, split: str) -> list[CatalogueItem]:
-    items = load_split(cfg.dataset, cfg.data_root, split)
+def load_items(cfg: TrainConfig, split: str, dataset: str | None = None,
+               root: str | None = None) -> list[CatalogueItem]:
+    """The items of `split` of `dataset` under `root` (default: cfg.dataset, cfg.data_root), the
+    first cfg.limit_items of them when that is set."""
+    items = load_split(dataset or cfg.dataset, root or cfg.data_root, split)
     return items[: cfg.limit_items] if cfg.limit_items else items
+
+
+@dataclass
+class TrainingItems:
+    items: list[CatalogueItem]  # the training sets, concatenated in cfg.training_datasets() order
+    item_weights: list[float] | None  # the sampling weight of each pair of each item; None: all equal
+
+
+def load_training_items(cfg: TrainConfig) -> TrainingItems:
+    """The training items of every set in cfg.training_datasets(), less those cfg.exclude_freesound_ids
+    names (one log line with the count per set), and the pair weights their `weight`s ask for: a set
+    of weight w and P pairs gives each pair w / P, so its share of an epoch is w / sum(weights)."""
+    entries = cfg.training_datasets()
+    parts = [load_items(cfg, entry["split"], entry["name"], entry["root"]) for entry in entries]
+    if cfg.exclude_freesound_ids:
+        excluded = read_freesound_ids(cfg.exclude_freesound_ids)
+        kept = [drop_freesound_ids(items, excluded) for items in parts]
+        log.info("%s: dropped %s", cfg.exclude_freesound_ids, ", ".join(
+            f"{len(items) - len(left)} of {len(items)} clips of {entry['name']}/{entry['split']}"
+            for entry, items, left in zip(entries, parts, kept)))
+        parts = kept
+    item_weights = None
+    if "weight" in entries[0]:  # every entry has one (TrainConfig checks)
+        item_weights = [entry["weight"] / max(1, sum(len(item.captions) for item in items))
+                        for entry, items in zip(entries, parts) for _ in items]
+    return TrainingItems([item for items in parts for item in items], item_weights)
 
 
 def build_model(model_config: ModelConfig, cfg: TrainConfig) -> RetrievalModel:
@@ -132,15 +174,19 @@ class TrainingData:
 
 
 def training_data(model: RetrievalModel, cfg: TrainConfig, items: list[CatalogueItem], cache_dir: str | None,
-                  rank: int = 0, world: int = 1, progress: bool = True) -> TrainingData:
-    """Pairs of `items`, their features (cached tower outputs of frozen towers) and the loader."""
+                  rank: int = 0, world: int = 1, progress: bool = True,
+                  item_weights: list[float] | None = None) -> TrainingData:
+    """Pairs of `items`, their features (cached tower outputs of frozen towers) and the loader;
+    `item_weights` (see TrainingItems) make the sampler draw pairs in those proportions."""
     owners, captions = caption_pairs(items)
     if not owners:
-        raise BadInputError(f"no training pairs in {cfg.dataset}/{cfg.train_split} under {cfg.data_root}")
+        where = ", ".join(f"{e['name']}/{e['split']} under {e['root']}" for e in cfg.training_datasets())
+        raise BadInputError(f"no training pairs in {where}")
     provider = FeatureProvider(model, items, captions, cache_dir, progress=progress)
     clip_samples = int(cfg.clip_seconds * model.audio_tower.sample_rate) if provider.needs_waveforms else None
     dataset = PairDataset(items, owners, clip_samples, cfg.seed)
-    sampler = GlobalBatchSampler(len(dataset), cfg.batch_size, cfg.seed, rank, world)
+    weights = None if item_weights is None else [item_weights[owner] for owner in owners]
+    sampler = GlobalBatchSampler(len(dataset), cfg.batch_size, cfg.seed, rank, world, weights)
     loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_pairs, num_workers=cfg.num_workers)
     return TrainingData(provider, dataset, sampler, loader)
 
@@ -191,8 +237,9 @@ def train(model_config: ModelConfig, cfg: TrainConfig, run_dir: str | Path) -> d
         model, state = build_model(model_config, cfg), TrainingState(epoch=0, step=0)
     model.to(device)
 
-    train_items, val_items = load_items(cfg, cfg.train_split), load_items(cfg, cfg.val_split)
-    data = training_data(model, cfg, train_items, cfg.cache_dir, rank, world, progress=cfg.progress and rank == 0)
+    train_items, val_items = load_training_items(cfg), load_items(cfg, cfg.val_split)
+    data = training_data(model, cfg, train_items.items, cfg.cache_dir, rank, world,
+                         progress=cfg.progress and rank == 0, item_weights=train_items.item_weights)
     optimizer, scheduler = optimizer_and_schedule(model, cfg, len(data.sampler))
     if state.optimizer is not None:
         optimizer.load_state_dict(state.optimizer)
