@@ -35,8 +35,11 @@ from hybrid_retrieval.errors import BadInputError, NotFoundError
 # Scores of this many (query, item) pairs are sorted at once: bounds the memory of a chunk.
 _CHUNK_ELEMENTS = 1 << 22
 
+# One relevant item index per query, or one list (row) of relevant item indices per query.
+Relevant = Sequence[int] | Sequence[Sequence[int]] | Tensor | np.ndarray
 
-def _relevant_lists(relevant, n_queries: int, n_items: int) -> tuple[Tensor, Tensor]:
+
+def _relevant_lists(relevant: Relevant, n_queries: int, n_items: int) -> tuple[Tensor, Tensor]:
     """(n_queries, L) relevant item indices, padded with 0, and the (n_queries,) list lengths.
 
     `relevant` is one index per query (a sequence of ints, or a 1-D tensor/array) or one sequence
@@ -106,7 +109,7 @@ def _check_finite(scores: Tensor, first_query: int) -> None:
                             f"{first_query + query}, item {item}: {float(scores[query, item])}")
 
 
-def relevant_ranks(similarity: Tensor | np.ndarray, relevant) -> tuple[Tensor, Tensor]:
+def relevant_ranks(similarity: Tensor | np.ndarray, relevant: Relevant) -> tuple[Tensor, Tensor]:
     """(n_queries, L) rank_i of each query's relevant items in score order (see the module
     docstring), and the (n_queries, L) mask of real entries (shorter lists are padded with 0).
 
@@ -137,7 +140,7 @@ def relevant_ranks(similarity: Tensor | np.ndarray, relevant) -> tuple[Tensor, T
     return ranks.masked_fill_(~valid, 0), valid
 
 
-def retrieval_metrics(similarity: Tensor | np.ndarray, relevant, ks: Sequence[int] = (1, 5, 10),
+def retrieval_metrics(similarity: Tensor | np.ndarray, relevant: Relevant, ks: Sequence[int] = (1, 5, 10),
                       map_ks: Sequence[int] = (10,)) -> dict[str, float]:
     """mAP@K for each K in `map_ks`, then R@k for each k in `ks` (the module docstring defines them).
 
