@@ -82,22 +82,6 @@ def tone_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def text_tower():
-    """The bundled MiniLM text tower, loaded once (read-only use)."""
-    from hybrid_retrieval.text.tower import TextTower
-
-    return TextTower().eval()
-
-
-@pytest.fixture(scope="session")
-def mn04(shared: Path):
-    """The mn04_as audio tower with the released weights, loaded once (read-only use)."""
-    from hybrid_retrieval.audio.tower import create_audio_tower
-
-    return create_audio_tower("efficientat:mn04_as", weights=str(shared / "models" / "mn04_as_mAP_432.pt")).eval()
-
-
-@pytest.fixture(scope="session")
 def trained_run(tone_dataset: Path, weights_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A content-only model with frozen towers, trained in-process on the tone dataset (read-only use)."""
     from hybrid_retrieval.training.config import split_config
@@ -113,3 +97,19 @@ def trained_run(tone_dataset: Path, weights_dir: Path, tmp_path_factory: pytest.
             "cache_dir": str(tmp / "features")})
         train(model_config, train_config, tmp / "run")
     return tmp / "run"
+
+
+@pytest.fixture(scope="session")
+def text_tower():
+    """The bundled MiniLM text tower, loaded once (read-only use)."""
+    from hybrid_retrieval.text.tower import TextTower
+
+    return TextTower().eval()
+
+
+@pytest.fixture(scope="session")
+def mn04(shared: Path):
+    """The mn04_as audio tower with the released weights, loaded once (read-only use)."""
+    from hybrid_retrieval.audio.tower import create_audio_tower
+
+    return create_audio_tower("efficientat:mn04_as", weights=str(shared / "models" / "mn04_as_mAP_432.pt")).eval()
