@@ -13,6 +13,7 @@ from hybrid_retrieval.audio.tower import audioset_labels, create_audio_tower
 from hybrid_retrieval.disentangled.cli import add_similar_command
 from hybrid_retrieval.errors import run_reporting_errors
 from hybrid_retrieval.index.cli import add_index_commands
+from hybrid_retrieval.predict import add_predict_command
 
 
 def _tag(args: argparse.Namespace) -> int:
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_tag_command(sub)
     add_similar_command(sub)
     add_index_commands(sub)
+    add_predict_command(sub)
     return parser
 
 

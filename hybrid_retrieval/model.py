@@ -43,7 +43,7 @@ class ModelConfig(StrictConfig):
     separate_metadata_encoder: bool = False  # the paper's ablation: metadata gets its own text tower
     temperature: float = 0.05
     learn_temperature: bool = False
-    min_temperature: float = 0.01  # clamp of a learnable temperature (CLIP's logit-scale cap of 100)
+    min_temperature: float = 0.01  # floor of a learnable temperature only (CLIP's logit-scale cap of 100)
 
 
 def list_models() -> list[str]:
@@ -83,6 +83,7 @@ class RetrievalModel(nn.Module):
             self.log_logit_scale = nn.Parameter(log_scale)
         else:
             self.register_buffer("log_logit_scale", log_scale)
+        self.clamp_temperature()
         self.frozen: tuple[str, ...] = ()  # towers set by freeze(): "audio", "text"
 
     # -- which tower does what, and which ones train -------------------------------------------
@@ -123,8 +124,17 @@ class RetrievalModel(nn.Module):
     # -- the two halves of the dual encoder -------------------------------------------------
     @property
     def logit_scale(self) -> Tensor:
-        """1 / temperature, clamped so the temperature never falls below `min_temperature`."""
-        return self.log_logit_scale.clamp(max=math.log(1.0 / self.config.min_temperature)).exp()
+        """1 / temperature. Not clamped here: a clamp inside the forward pass gives a learnable
+        temperature zero gradient once it reaches the cap, so it could never come back;
+        `clamp_temperature` keeps it in range after each optimiser step instead."""
+        return self.log_logit_scale.exp()
+
+    @torch.no_grad()
+    def clamp_temperature(self) -> None:
+        """Keep a learnable temperature at or above `min_temperature` (what open_clip does to its
+        logit scale after each optimiser step). A fixed temperature is used as configured."""
+        if self.config.learn_temperature:
+            self.log_logit_scale.clamp_(max=math.log(1.0 / self.config.min_temperature))
 
     def metadata_features(self, texts: Sequence[str]) -> tuple[TowerOutput, Tensor]:
         """Encode item metadata; returns the tower output and a (batch,) mask of non-empty texts."""

@@ -82,6 +82,24 @@ def tone_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def trained_run(tone_dataset: Path, weights_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A content-only model with frozen towers, trained in-process on the tone dataset (read-only use)."""
+    from hybrid_retrieval.training.config import split_config
+    from hybrid_retrieval.training.loop import train
+
+    tmp = tmp_path_factory.mktemp("trained_run")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HYBRID_RETRIEVAL_WEIGHTS_DIR", str(weights_dir))
+        patch.setenv("HYBRID_RETRIEVAL_CACHE", str(tmp / "cache"))
+        model_config, train_config = split_config({
+            "dataset": "clotho", "data_root": str(tone_dataset), "batch_size": 16, "epochs": 8,
+            "lr_head": 0.003, "embed_dim": 64, "eval_every": 0, "progress": False,
+            "cache_dir": str(tmp / "features")})
+        train(model_config, train_config, tmp / "run")
+    return tmp / "run"
+
+
+@pytest.fixture(scope="session")
 def text_tower():
     """The bundled MiniLM text tower, loaded once (read-only use)."""
     from hybrid_retrieval.text.tower import TextTower

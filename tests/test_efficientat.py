@@ -37,8 +37,15 @@ def test_frontend_matches_reference_mel_statistics(mn04, shared: Path, reference
 def test_parity_logits_and_embedding_on_music(mn04, shared: Path, reference: dict) -> None:
     ref = reference["music.wav"]
     _, out = _run(mn04, shared, "music.wav")
-    assert np.abs(out.logits[0].numpy() - np.array(ref["logits"])).max() < 1e-3
-    assert np.abs(out.embedding[0].numpy() - np.array(ref["embedding"])).max() < 1e-3
+    logits_diff = np.abs(out.logits[0].numpy() - np.array(ref["logits"])).max()
+    embedding_diff = np.abs(out.embedding[0].numpy() - np.array(ref["embedding"])).max()
+    # the parity spec (../shared/README.md)
+    assert logits_diff < 1e-3 and embedding_diff < 1e-3
+    # what this implementation achieves, guarded against regressions. It is not 0 because both
+    # sides compute in float32 along different paths: the mel banks are computed in float64 here
+    # and cast (the original computes them in float32), and the STFT and convolution kernels
+    # sum in another order; none of that is a difference in the model.
+    assert logits_diff < 2e-5 and embedding_diff < 5e-6
 
 
 def test_parity_top5_labels_on_resampled_metro_clip(mn04, shared: Path, reference: dict) -> None:

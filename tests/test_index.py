@@ -22,26 +22,9 @@ from hybrid_retrieval.index.backends.exact import exact_search
 from hybrid_retrieval.index.backends.faiss_backend import FaissBackend, build_approximate
 from hybrid_retrieval.model import create_model
 from hybrid_retrieval.training.checkpoint import TrainingState, save_checkpoint
-from hybrid_retrieval.training.config import split_config
-from hybrid_retrieval.training.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
 SR = 32_000
-
-
-@pytest.fixture(scope="module")
-def trained_run(tone_dataset: Path, weights_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A content-only model with frozen towers, trained in-process on the tone dataset."""
-    tmp = tmp_path_factory.mktemp("index_run")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("HYBRID_RETRIEVAL_WEIGHTS_DIR", str(weights_dir))
-        patch.setenv("HYBRID_RETRIEVAL_CACHE", str(tmp / "cache"))
-        model_config, train_config = split_config({
-            "dataset": "clotho", "data_root": str(tone_dataset), "batch_size": 16, "epochs": 8,
-            "lr_head": 0.003, "embed_dim": 64, "eval_every": 0, "progress": False,
-            "cache_dir": str(tmp / "features")})
-        train(model_config, train_config, tmp / "run")
-    return tmp / "run"
 
 
 @pytest.fixture(scope="module")

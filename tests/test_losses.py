@@ -1,6 +1,7 @@
 """Contrastive losses against pytorch-metric-learning and first principles."""
 import math
 
+import numpy as np
 import pytest
 import torch
 from pytorch_metric_learning.losses import NTXentLoss
@@ -38,13 +39,38 @@ def test_ntxent_with_unique_clips_is_clip_loss() -> None:
     torch.testing.assert_close(ContrastiveLoss("ntxent")(q, a, target, 20.0), clip)
 
 
-def test_cmc_is_cross_entropy_on_the_diagonal_even_with_duplicates() -> None:
+def _mulan_cmc_numpy(q: np.ndarray, a: np.ndarray, ids: list[int], tau: float) -> float:
+    """MuLan's loss written out with loops: for each pair i, -log(h(f_i, g_i) / sum over j != i of
+    [h(f_i, g_j) + h(f_j, g_i)]), h(x, y) = exp(x.y / tau); pairs of one clip are not negatives of
+    each other (left out of the sum)."""
+    h = lambda x, y: math.exp(float(np.dot(x, y)) / tau)  # noqa: E731
+    total = 0.0
+    for i in range(len(q)):
+        denominator = sum(h(q[i], a[j]) + h(q[j], a[i]) for j in range(len(q)) if j != i and ids[j] != ids[i])
+        total += -math.log(h(q[i], a[i]) / denominator)
+    return total / len(q)
+
+
+@pytest.mark.parametrize("ids", [list(range(12)), [0, 0, 1, 2, 2, 2, 3, 4, 5, 6, 7, 8], [0] * 11 + [1]])
+@pytest.mark.parametrize("tau", [0.05, 0.2, 1.0])
+def test_cmc_is_mulans_formula(ids: list[int], tau: float) -> None:
     q, a = _pair_batch()
-    ids = torch.tensor([0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
-    logits = 10.0 * q @ a.T
-    target = torch.arange(12)
-    expected = 0.5 * (nn.functional.cross_entropy(logits, target) + nn.functional.cross_entropy(logits.T, target))
-    torch.testing.assert_close(ContrastiveLoss("cmc")(q, a, ids, 10.0), expected)
+    expected = _mulan_cmc_numpy(q.double().numpy(), a.double().numpy(), ids, tau)
+    ours = ContrastiveLoss("cmc")(q.double(), a.double(), torch.tensor(ids), 1.0 / tau)
+    assert ours.item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_cmc_without_any_negative_is_zero_with_finite_gradients() -> None:
+    q, a = _pair_batch(4)
+    a.requires_grad_(True)
+    loss = ContrastiveLoss("cmc")(q, a, torch.zeros(4, dtype=torch.long), 20.0)
+    loss.backward()
+    assert loss.item() == 0.0 and torch.isfinite(a.grad).all()
+    # one pair of another clip: every pair has a negative again
+    b = a.detach().clone().requires_grad_(True)
+    loss = ContrastiveLoss("cmc")(q, b, torch.tensor([0, 0, 0, 1]), 20.0)
+    loss.backward()
+    assert loss.item() > 0 and torch.isfinite(b.grad).all() and b.grad.abs().sum() > 0
 
 
 def test_perfect_alignment_gives_near_zero_loss_and_gradients_flow() -> None:

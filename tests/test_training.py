@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+from hybrid_retrieval.errors import BadInputError
 from hybrid_retrieval.model import ModelConfig
 from hybrid_retrieval.training.config import TrainConfig, split_config
 from hybrid_retrieval.training.loop import GlobalBatchSampler, train, warmup_cosine
@@ -106,3 +107,14 @@ def test_random_audio_tower_is_trained_not_frozen(tmp_path: Path, tone_dataset: 
     saved = json.loads((Path(result["checkpoint"]) / "config.json").read_text())
     assert set(saved["frozen_towers"]) == {"text"}
     assert any(k.startswith("audio_tower.") for k in load_file(str(Path(result["checkpoint"]) / "model.safetensors")))
+
+
+def test_validation_of_a_diverged_model_says_which_epoch(tmp_path: Path, tone_dataset: Path,
+                                                          offline_weights: Path) -> None:
+    """A learning rate that overflows the projection to infinity gives NaN scores: the run stops
+    with one error naming the validation, not with meaningless metrics."""
+    model_config, cfg = split_config({"dataset": "clotho", "data_root": str(tone_dataset), "limit_items": 8,
+                                      "batch_size": 16, "epochs": 1, "lr_head": 1e37, "embed_dim": 16,
+                                      "progress": False, "cache_dir": str(tmp_path / "features")})
+    with pytest.raises(BadInputError, match="validation after epoch 1: similarity has non-finite scores"):
+        train(model_config, cfg, tmp_path / "run")

@@ -207,7 +207,8 @@ def train_step(net: nn.Module, model: RetrievalModel, loss_fn: ContrastiveLoss, 
                inputs: dict, item_ids: Tensor, grad_clip: float = 0.0, use_amp: bool = False,
                scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> Tensor:
     """One optimiser step on one batch: forward (bf16 autocast on CUDA when `use_amp`), the
-    contrastive loss, backward, gradient clipping, AdamW (and the schedule). Returns the loss.
+    contrastive loss, backward, gradient clipping, AdamW, the temperature's clamp (and the
+    schedule). Returns the loss.
     `net` is `model` itself or its DistributedDataParallel wrapper."""
     with torch.autocast(device_type=model.device.type, dtype=torch.bfloat16, enabled=use_amp):
         queries, items = net(**inputs)
@@ -217,6 +218,7 @@ def train_step(net: nn.Module, model: RetrievalModel, loss_fn: ContrastiveLoss, 
     if grad_clip:
         nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], grad_clip)
     optimizer.step()
+    model.clamp_temperature()
     if scheduler is not None:
         scheduler.step()
     return loss.detach()
@@ -267,7 +269,10 @@ def train(model_config: ModelConfig, cfg: TrainConfig, run_dir: str | Path) -> d
         state.epoch = epoch + 1
         last = state.epoch == cfg.epochs
         if rank == 0 and ((cfg.eval_every and state.epoch % cfg.eval_every == 0) or last) and val_items:
-            metrics = evaluate(model, val_items, eval_cache, progress=False)
+            try:
+                metrics = evaluate(model, val_items, eval_cache, progress=False)
+            except BadInputError as exc:  # e.g. NaN scores from a model that diverged
+                raise BadInputError(f"validation after epoch {state.epoch}: {exc}") from exc
             t2a = metrics["text_to_audio"]
             log.info("epoch %d: loss %.4f  val mAP@10 %.4f  R@1 %.4f  R@10 %.4f", state.epoch, running,
                      t2a["mAP@10"], t2a["R@1"], t2a["R@10"])
