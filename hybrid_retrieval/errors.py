@@ -44,9 +44,12 @@ class MissingDependencyError(HybridRetrievalError, ImportError):
 
 def run_reporting_errors(main: Callable[[], int]) -> int:
     """Run a command's `main`; a HybridRetrievalError becomes one `error: ...` line on stderr and
-    exit status 2 (anything else is a bug and keeps its traceback)."""
+    exit status 2 (anything else is a bug and keeps its traceback). Control characters in the
+    message (a file name's terminal escapes, line breaks) are printed escaped."""
+    from hybrid_retrieval.terminal import printable
+
     try:
         return main()
     except HybridRetrievalError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(exc)}", file=sys.stderr)
         return 2
