@@ -99,9 +99,12 @@ def load_tensor_file(path: str | Path, fmt: str, what: str, hint: str = "") -> t
         with safe_open(str(path), "pt") as handle:
             raw = (handle.metadata() or {}).get(HEADER_KEY)
             header = json.loads(raw) if raw else {}
-            if not isinstance(header, dict) or header.get("format") != fmt:
-                found = header.get("format") if isinstance(header, dict) else None
-                raise BadInputError(f"{path} is not a hybrid_retrieval {what} (format {found!r}, expected {fmt!r})")
+            if not isinstance(header, dict):
+                raise BadInputError(f"{path} is not a hybrid_retrieval {what}: its header is a JSON "
+                                    f"{type(header).__name__}, not an object")
+            if header.get("format") != fmt:
+                raise BadInputError(f"{path} is not a hybrid_retrieval {what} (format {header.get('format')!r}, "
+                                    f"expected {fmt!r})")
             tensors = {name: handle.get_tensor(name) for name in handle.keys()}
     except (SafetensorError, OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BadInputError(f"{path} is not a readable {what}: {exc}") from exc

@@ -16,6 +16,7 @@ from hybrid_retrieval.data.items import caption_pairs
 from hybrid_retrieval.data.registry import DATASETS, load_split
 from hybrid_retrieval.errors import run_reporting_errors
 from hybrid_retrieval.evaluation import evaluate
+from hybrid_retrieval.hub import check_writable
 from hybrid_retrieval.report import markdown_table, random_baseline
 from hybrid_retrieval.training.checkpoint import load_checkpoint
 from hybrid_retrieval.training.loop import resolve_device
@@ -33,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-
+    if args.cache_dir:
+        check_writable(args.cache_dir, directory=True)  # before any work
     model, _ = load_checkpoint(args.checkpoint, device=resolve_device(args.device))
     items = load_split(args.dataset, args.root, args.split)
     cache = args.cache_dir if model.cache_is_valid else None

@@ -183,15 +183,6 @@ def test_estimate_tempo_of_a_click_track(tmp_path: Path) -> None:
 # End to end on a tiny SynthMusic, and the `similar` command
 
 
-@pytest.fixture(scope="module")
-def tiny_synthmusic(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from hybrid_retrieval.data.synthmusic import generate_synthmusic
-
-    return generate_synthmusic(tmp_path_factory.mktemp("synthmusic"), seed=0, n_train=16, n_val=16, n_eval=16,
-                               seconds=6.0, workers=2, progress=False, genres=("rock", "techno", "waltz", "ballad"),
-                               lead_instruments=("piano", "flute", "violin", "trumpet"))
-
-
 def test_tiny_benchmark_and_similar_cli(tiny_synthmusic: Path, offline_weights: Path, tmp_path: Path,
                                         capsys: pytest.CaptureFixture) -> None:
     from hybrid_retrieval.disentangled.benchmark import run_triplet_benchmark, triplet_table

@@ -5,6 +5,8 @@ import json
 import os
 from pathlib import Path
 
+from hybrid_retrieval.hub import check_writable
+
 RUNS_VARIABLE = "HYBRID_RETRIEVAL_RUNS"  # where runs are recorded (default: runs/)
 
 
@@ -24,7 +26,20 @@ def plain_config(config) -> dict:
 
 
 def observe(experiment) -> None:
-    """Record the experiment's runs under runs_root() (a FileStorageObserver)."""
+    """Record the experiment's runs under runs_root() (a FileStorageObserver), after checking that
+    it can be written (UnwritableError naming it before any work otherwise)."""
     from sacred.observers import FileStorageObserver
 
+    check_writable(runs_root(), directory=True)
     experiment.observers.append(FileStorageObserver(str(runs_root())))
+
+
+def run_experiment(experiment, argv: list[str], observed: bool = True) -> int:
+    """A sacred script's command line: record runs under runs_root() when `observed` (the output
+    location is checked before anything runs), then run. Wrap the call in
+    `errors.run_reporting_errors`, and a run's main body in `errors.exiting_on_error`, so that the
+    project's errors print as one line instead of sacred's traceback."""
+    if observed:
+        observe(experiment)
+    experiment.run_commandline(argv)
+    return 0

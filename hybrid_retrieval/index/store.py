@@ -55,7 +55,7 @@ def _check_header(header: dict, fields: dict, required: Sequence[str], where: st
         expected = dict if isinstance(kind, dict) else kind
         if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
             found = "missing" if name not in header else f"a {type(value).__name__}"
-            raise BadInputError(f"header field {where}{name!r} is {found}, not a {expected.__name__}")
+            raise BadInputError(f"header field '{where}{name}' is {found}, not a {expected.__name__}")
         if isinstance(kind, dict):
             _check_header(value, kind, list(kind), f"{where}{name}.")
 

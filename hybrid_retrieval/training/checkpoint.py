@@ -204,13 +204,20 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
     return model.to(device), config
 
 
+def check_resumable(path: str | Path) -> Path:
+    """The checkpoint a run can be resumed from (`--resume PATH`), checked before a run starts:
+    NotFoundError naming PATH when there is none or it holds no optimizer state."""
+    directory = find_checkpoint(path)
+    if not (directory / "optimizer.safetensors").is_file():
+        raise NotFoundError(f"checkpoint {directory} holds no optimizer state; it cannot be resumed")
+    return directory
+
+
 def load_training_state(path: str | Path) -> TrainingState:
     """The optimizer, scheduler and RNG state of a checkpoint, to resume it (NotFoundError if it
     holds none, BadInputError naming the file if it is damaged)."""
-    directory = find_checkpoint(path)
+    directory = check_resumable(path)
     config, _ = read_checkpoint_config(directory)
-    if not (directory / "optimizer.safetensors").is_file():
-        raise NotFoundError(f"checkpoint {directory} holds no optimizer state; it cannot be resumed")
     tensors = read_safetensors(directory / "optimizer.safetensors")
     trainer = read_json_object(directory / "trainer.json", "trainer state")
     try:
