@@ -449,3 +449,86 @@ def test_bad_input(case: Case, world: World, tmp_path: Path, capsys: pytest.Capt
         assert not errors, err[-3000:]
     if case.also:
         case.also(world, tmp_path, out)
+
+
+# ------------------------------------------------------------------------------------------------
+# Beyond the table: what is printed
+
+
+ESCAPE = "\x1b]0;owned\x07\x1b[2J"  # retitle the terminal, then clear it
+
+
+def test_names_are_printed_with_their_control_characters_escaped(world: World, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HYBRID_RETRIEVAL_WEIGHTS_DIR", str(world.weights))
+    monkeypatch.setenv("HYBRID_RETRIEVAL_CACHE", str(tmp_path / "cache"))
+    folder = _copy(world.clips, tmp_path / f"music{ESCAPE}")
+    evil = _tone(folder / f"evil{ESCAPE}.wav", 2000.0)
+    index = tmp_path / "evil.index"
+    assert cli_main(["index", "build", str(folder), "--checkpoint", str(world.run), "--out", str(index)]) == 0
+    assert cli_main(["search", str(index), "a high whistle", "--top", "4"]) == 0
+    assert cli_main(["index", "info", str(index)]) == 0
+    assert cli_main(["similar", str(evil), "--catalog", str(folder), "--checkpoint", str(world.csn)]) == 0
+    assert cli_main(["index", "info", str(tmp_path / f"no{ESCAPE}.index")]) == 2
+    captured = capsys.readouterr()
+    escaped = "\\x1b]0;owned\\x07\\x1b[2J"
+    assert "\x1b" not in captured.out and "\x07" not in captured.out
+    assert f"evil{escaped}.wav" in captured.out and f"music{escaped}" in captured.out
+    assert captured.out.count(f"evil{escaped}.wav") == 2  # a search result, and the line of similar's query
+    errors = [line for line in captured.err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: no index at {tmp_path}/no{escaped}.index (build one")
+    assert cli_main(["search", str(index), "a high whistle", "--json"]) == 0  # JSON escapes by itself
+    raw = capsys.readouterr().out
+    assert "\x1b" not in raw and f"evil{ESCAPE}.wav" in [hit["id"] for hit in json.loads(raw)["results"]]
+
+
+def test_a_query_longer_than_the_text_tower_reads_is_named(world: World, capsys: pytest.CaptureFixture,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HYBRID_RETRIEVAL_WEIGHTS_DIR", str(world.weights))
+    assert cli_main(["search", str(world.index), "a low hum", LONG_QUERY, "--json"]) == 0
+    captured = capsys.readouterr()
+    warnings = [line for line in captured.err.splitlines() if line.startswith("warning:")]
+    from transformers import AutoTokenizer
+
+    from hybrid_retrieval.text.tower import resolve_text_model
+
+    pieces = len(AutoTokenizer.from_pretrained(resolve_text_model("minilm"))(LONG_QUERY)["input_ids"])
+    assert len(warnings) == 1 and warnings[0].startswith(
+        f"warning: query 2 is {pieces} word pieces long; the text tower reads the first 32 of them: 'word0 word1")
+    used = warnings[0].split(": ", 1)[1].split("them: ", 1)[1].strip("'")
+    assert LONG_QUERY.startswith(used) and len(used) < len(LONG_QUERY) / 3
+    assert len(captured.out.splitlines()) == 2  # both queries answered
+
+
+def test_main_job_without_weights_says_so_first_and_fits_its_budget(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The commands it would run (its time is measured by running it: BENCHMARKS.md)."""
+    from hybrid_retrieval.audio.pretrained import PRETRAINED, WeightsNotFoundError, weights_cache_dir
+
+    job = _script("main_job")
+    monkeypatch.setattr(job, "ROOT", tmp_path)
+    monkeypatch.setenv("HYBRID_RETRIEVAL_CACHE", str(tmp_path / "cache"))
+
+    def no_weights(name: str):
+        raise WeightsNotFoundError("long message", reason="weights mn04_as_mAP_432.pt for mn04_as not found (offline)")
+
+    commands = []
+
+    def step(title: str, args: list[str], env: dict) -> float:
+        print(f"== {title}")
+        commands.append(args)
+        if args[0] == "scripts/train.py":
+            (tmp_path / "runs" / "main_job" / "1").mkdir(parents=True)
+        return 0.0
+
+    monkeypatch.setattr(job, "resolve_weights", no_weights)
+    monkeypatch.setattr(job, "step", step)
+    assert job.main([]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    spec = PRETRAINED["mn04_as"]
+    assert lines[0] == "WARNING: weights mn04_as_mAP_432.pt for mn04_as not found (offline)."
+    assert "will NOT be meaningful" in lines[1]
+    assert lines[2].split() == ["curl", "-L", "--create-dirs", "-o", str(weights_cache_dir() / spec.filename), spec.url]
+    assert [args[0] for args in commands] == ["scripts/make_synthmusic.py", "scripts/train.py", "scripts/eval_map10.py"]
+    assert {"audio_pretrained=False", "epochs=2", f"limit_items={job.FALLBACK_CLIPS}"} <= set(commands[1])

@@ -1,6 +1,7 @@
 """Disentangled music similarity: masks, losses, the overlap and tempo rules, training, `similar`."""
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -255,3 +256,32 @@ def test_train_disentangled_installs_the_default_model(tiny_synthmusic: Path, of
     assert len(matches) == 5 and str(wavs[1].resolve()) not in [m.path for m in matches]
     with pytest.raises(ValueError, match="unknown config key"):
         split_csn_config({"epochz": 3})
+
+
+def test_train_disentangled_saves_before_evaluating(tiny_synthmusic: Path, tmp_path: Path, caplog,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from hybrid_retrieval.disentangled import training
+    from hybrid_retrieval.disentangled.checkpoint import load_model
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_synthmusic, data)
+    factors = data / "factors_validation.csv"
+    factors.write_text("".join(factors.read_text().splitlines(keepends=True)[:2]))  # one track: no triplet
+    model_config, train_config = training.split_csn_config({
+        "data_root": str(data), "cache_dir": None, "epochs": 1, "batch_size": 8, "encoder": "melcnn",
+        "embed_dim": 16, "hidden": 16, "progress": False})
+    metrics = training.train_disentangled(model_config, train_config, tmp_path / "run")
+    assert "val_triplet_accuracy" not in metrics and "no validation triplet accuracy" in caplog.text
+    assert "no triplet can be formed" in caplog.text
+    assert load_model(tmp_path / "run")[2]["metrics"]["loss"] == metrics["loss"]  # saved all the same
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("evaluation crashed")
+
+    monkeypatch.setattr(training, "evaluate_triplets", crash)
+    model_config, train_config = training.split_csn_config({
+        "data_root": str(tiny_synthmusic), "cache_dir": None, "epochs": 1, "batch_size": 8, "encoder": "melcnn",
+        "embed_dim": 16, "hidden": 16, "progress": False})
+    with pytest.raises(RuntimeError, match="evaluation crashed"):
+        training.train_disentangled(model_config, train_config, tmp_path / "crashed")
+    assert load_model(tmp_path / "crashed")[0].config.embed_dim == 16  # the trained model was kept

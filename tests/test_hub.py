@@ -166,3 +166,17 @@ def test_a_download_without_a_known_hash_is_trusted_on_first_use(tmp_path: Path,
     path.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))  # changed since it was downloaded
     with pytest.raises(IncompatibleModelError, match=f"weights file {path} has sha256 .* it has changed since"):
         pretrained.resolve_weights("mn05_as")
+
+
+def test_a_training_run_removes_what_killed_runs_left(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hybrid_retrieval.experiments import runs
+
+    monkeypatch.setenv(runs.RUNS_VARIABLE, str(tmp_path))
+    pid = dead_pid()
+    left = [tmp_path / "3" / "checkpoints" / f".epoch-0002.{pid}.0123abcd.tmp", tmp_path / "4" / f".model.{pid}.89abcdef.tmp"]
+    for folder in left:
+        (folder / "sub").mkdir(parents=True)
+    kept = tmp_path / "3" / "checkpoints" / "epoch-0001"
+    kept.mkdir()
+    runs.remove_interrupted_writes()
+    assert not any(folder.exists() for folder in left) and kept.is_dir()

@@ -5,7 +5,7 @@ import json
 import os
 from pathlib import Path
 
-from hybrid_retrieval.hub import check_writable
+from hybrid_retrieval.hub import check_writable, remove_orphans
 
 RUNS_VARIABLE = "HYBRID_RETRIEVAL_RUNS"  # where runs are recorded (default: runs/)
 
@@ -41,5 +41,14 @@ def run_experiment(experiment, argv: list[str], observed: bool = True) -> int:
     project's errors print as one line instead of sacred's traceback."""
     if observed:
         observe(experiment)
+        remove_interrupted_writes()
     experiment.run_commandline(argv)
     return 0
+
+
+def remove_interrupted_writes() -> None:
+    """Remove what killed runs under runs_root() left half-written (checkpoint folders, saved
+    models): the temporaries of their atomic writes, whose processes no longer run."""
+    for folder in [*runs_root().glob("*/checkpoints"), *runs_root().glob("*")]:
+        if folder.is_dir():
+            remove_orphans(folder)
