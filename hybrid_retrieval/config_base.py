@@ -16,8 +16,9 @@ C = TypeVar("C", bound="StrictConfig")
 
 def _fits(value: object, annotation: object) -> bool:
     """Whether `value` (as JSON or YAML gives it) is of the type a config field declares: an int
-    is a float too, a bool is not a number, a list is a tuple, and containers' contents are
-    checked for list[...] and tuple[..., ...]."""
+    is a float too, a bool is not a number, a list is a tuple, and the items of a list of
+    scalars (list[str], ...) are checked; lists of mappings are left to the config's own checks,
+    which can say more about what each entry needs."""
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
         return any(_fits(value, member) for member in typing.get_args(annotation))
@@ -33,7 +34,8 @@ def _fits(value: object, annotation: object) -> bool:
         if not isinstance(value, (list, tuple)):
             return False
         args = [a for a in typing.get_args(annotation) if a is not Ellipsis]
-        return not args or all(_fits(v, args[0]) for v in value)
+        scalars = args and args[0] in (str, int, float, bool)
+        return not scalars or all(_fits(v, args[0]) for v in value)
     if origin is dict or annotation is dict:
         return isinstance(value, dict)
     return isinstance(value, annotation) if isinstance(annotation, type) else True

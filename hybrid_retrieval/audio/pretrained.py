@@ -93,7 +93,8 @@ def _verified(path: Path) -> Path:
     record = hub.recorded_hash_path(path)
     if not record.is_file():
         return path
-    recorded = record.read_text().split()[0] if record.read_text().split() else ""
+    words = record.read_text().split()  # "<sha256>  <file name>", as sha256sum writes it
+    recorded = words[0] if words else ""
     actual = hub.file_sha256(path)
     if actual != recorded:
         raise IncompatibleModelError(
