@@ -14,6 +14,7 @@ from hybrid_retrieval.disentangled.cli import add_similar_command
 from hybrid_retrieval.errors import run_reporting_errors
 from hybrid_retrieval.index.cli import add_index_commands
 from hybrid_retrieval.predict import add_predict_command
+from hybrid_retrieval.terminal import at_least_one
 
 
 def _tag(args: argparse.Namespace) -> int:
@@ -44,7 +45,7 @@ def add_tag_command(sub: argparse._SubParsersAction) -> None:
     tag.add_argument("files", nargs="+", help="audio files (wav, flac, ogg, mp3)")
     tag.add_argument("--model", default="mn04_as", help="EfficientAT model name (default: mn04_as)")
     tag.add_argument("--weights", default=None, help="explicit path of the model's .pt weights")
-    tag.add_argument("--top", type=int, default=10, help="number of labels to show (default: 10)")
+    tag.add_argument("--top", type=at_least_one, default=10, help="number of labels to show (default: 10)")
     tag.add_argument("--json", action="store_true", help="one JSON object per file and line")
     tag.set_defaults(func=_tag)
 

@@ -14,8 +14,9 @@ short reason, the path) does so in attributes.
 """
 from __future__ import annotations
 
+import contextlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 
 class HybridRetrievalError(Exception):
@@ -42,11 +43,30 @@ class MissingDependencyError(HybridRetrievalError, ImportError):
     """An optional dependency a feature needs is not installed (the message says which extra)."""
 
 
+def report_error(exc: HybridRetrievalError) -> None:
+    """Print `exc` as the one `error: ...` line on stderr; control characters in the message (a
+    file name's terminal escapes, line breaks) are printed escaped."""
+    from hybrid_retrieval.terminal import printable
+
+    print(f"error: {printable(exc)}", file=sys.stderr)
+
+
 def run_reporting_errors(main: Callable[[], int]) -> int:
     """Run a command's `main`; a HybridRetrievalError becomes one `error: ...` line on stderr and
     exit status 2 (anything else is a bug and keeps its traceback)."""
     try:
         return main()
     except HybridRetrievalError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        report_error(exc)
         return 2
+
+
+@contextlib.contextmanager
+def exiting_on_error() -> Iterator[None]:
+    """Inside a framework that prints tracebacks of what it catches (sacred's run): a
+    HybridRetrievalError becomes the one `error: ...` line and SystemExit(2), which passes through."""
+    try:
+        yield
+    except HybridRetrievalError as exc:
+        report_error(exc)
+        raise SystemExit(2) from None

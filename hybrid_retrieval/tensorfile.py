@@ -14,11 +14,11 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from hybrid_retrieval.errors import BadInputError, NotFoundError
-from hybrid_retrieval.hub import atomic_path
+from hybrid_retrieval.hub import UnwritableError, atomic_path, check_space
 
 HEADER_KEY = "header"
 
@@ -29,17 +29,61 @@ def json_tensor(value: object) -> Tensor:
 
 
 def tensor_json(tensor: Tensor) -> object:
-    """The value `json_tensor` stored."""
+    """The value `json_tensor` stored (ValueError if the bytes are not UTF-8 JSON)."""
     return json.loads(bytes(tensor.numpy()).decode("utf-8"))
+
+
+def write_safetensors(tensors: dict[str, Tensor], path: Path, metadata: dict[str, str] | None = None,
+                      target: Path | None = None) -> None:
+    """`safetensors.torch.save_file` into `path` (a temporary of `target`), refused up front when
+    the disk cannot hold the tensors; safetensors reports a failed write (a disk that filled up
+    meanwhile) as a SafetensorError without an errno, which becomes UnwritableError naming `target`."""
+    target = target or path
+    check_space(target, path.parent, sum(t.numel() * t.element_size() for t in tensors.values()))
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+    except SafetensorError as exc:
+        raise UnwritableError(target, f"safetensors could not write it ({exc})") from exc
 
 
 def save_tensor_file(path: str | Path, tensors: dict[str, Tensor], header: dict) -> Path:
     """Write `tensors` and `header` (which names its `format`) to `path` atomically."""
     path = Path(path)
     with atomic_path(path) as tmp:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),
-                  metadata={HEADER_KEY: json.dumps(header)})
+        write_safetensors({k: v.contiguous() for k, v in tensors.items()}, tmp, {HEADER_KEY: json.dumps(header)},
+                          target=path)
     return path
+
+
+def check_rows(embeddings: Tensor, names: dict[str, object]) -> None:
+    """Refuse (BadInputError) embeddings that are not a finite (rows, dim) float matrix, or lists
+    of names (`names`: what they are called -> the value read) that are not one string per row."""
+    if embeddings.dim() != 2 or not embeddings.is_floating_point():
+        raise BadInputError(f"its embeddings are a {embeddings.dtype} tensor of shape {tuple(embeddings.shape)}, "
+                            "not an (items, dim) float matrix")
+    rows = len(embeddings)
+    for name, values in names.items():
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            raise BadInputError(f"its {name} are not a list of strings")
+        if len(values) != rows:
+            raise BadInputError(f"it has {len(values)} {name} for {rows} embedding rows")
+    bad = (~torch.isfinite(embeddings).all(dim=1)).nonzero().flatten().tolist()
+    if bad:
+        first = next(iter(names.values()))[bad[0]] if names else bad[0]
+        raise BadInputError(f"{len(bad)} of its embeddings hold NaN or infinite values (first: {first!r})")
+
+
+def read_safetensors(path: str | Path) -> dict[str, Tensor]:
+    """The tensors of a safetensors file: NotFoundError if it is missing, BadInputError naming it
+    if it is empty, truncated or otherwise not a safetensors file."""
+    path = Path(path)
+    if not path.is_file():
+        raise NotFoundError(f"{path} is missing")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        size = path.stat().st_size
+        raise BadInputError(f"{path} is damaged or truncated ({size} bytes; safetensors: {exc})") from exc
 
 
 def load_tensor_file(path: str | Path, fmt: str, what: str, hint: str = "") -> tuple[dict, dict[str, Tensor]]:
@@ -55,9 +99,12 @@ def load_tensor_file(path: str | Path, fmt: str, what: str, hint: str = "") -> t
         with safe_open(str(path), "pt") as handle:
             raw = (handle.metadata() or {}).get(HEADER_KEY)
             header = json.loads(raw) if raw else {}
-            if not isinstance(header, dict) or header.get("format") != fmt:
-                found = header.get("format") if isinstance(header, dict) else None
-                raise BadInputError(f"{path} is not a hybrid_retrieval {what} (format {found!r}, expected {fmt!r})")
+            if not isinstance(header, dict):
+                raise BadInputError(f"{path} is not a hybrid_retrieval {what}: its header is a JSON "
+                                    f"{type(header).__name__}, not an object")
+            if header.get("format") != fmt:
+                raise BadInputError(f"{path} is not a hybrid_retrieval {what} (format {header.get('format')!r}, "
+                                    f"expected {fmt!r})")
             tensors = {name: handle.get_tensor(name) for name in handle.keys()}
     except (SafetensorError, OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BadInputError(f"{path} is not a readable {what}: {exc}") from exc

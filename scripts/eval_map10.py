@@ -21,6 +21,7 @@ from hybrid_retrieval.data.items import caption_pairs
 from hybrid_retrieval.data.registry import DATASETS, load_split
 from hybrid_retrieval.errors import run_reporting_errors
 from hybrid_retrieval.evaluation import RELEVANCE_MAP_KS, evaluate
+from hybrid_retrieval.hub import check_writable
 from hybrid_retrieval.metrics import read_relevance_csv
 from hybrid_retrieval.report import markdown_table, random_baseline
 from hybrid_retrieval.training.checkpoint import load_checkpoint
@@ -41,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-
+    if args.cache_dir:
+        check_writable(args.cache_dir, directory=True)  # before any work
     relevance = read_relevance_csv(args.relevance) if args.relevance else None
     model, _ = load_checkpoint(args.checkpoint, device=resolve_device(args.device))
     items = load_split(args.dataset, args.root, args.split)

@@ -25,12 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        report = build_synthmusic(args.out, seed=args.seed, n_train=args.n_train, n_val=args.n_val,
-                                  n_eval=args.n_eval, seconds=args.seconds, workers=args.workers,
-                                  progress=not args.no_progress)
-    except ValueError as exc:
-        parser.error(str(exc))
+    report = build_synthmusic(args.out, seed=args.seed, n_train=args.n_train, n_val=args.n_val, n_eval=args.n_eval,
+                              seconds=args.seconds, workers=args.workers, progress=not args.no_progress)
     if report.cached:
         print(f"{report.out_dir}: already complete, nothing to do")
     else:

@@ -21,9 +21,11 @@ from dataclasses import fields
 from sacred import Experiment
 
 from hybrid_retrieval.distributed import is_main_process
+from hybrid_retrieval.errors import BadInputError, exiting_on_error, run_reporting_errors
 from hybrid_retrieval.experiments.config import register_named_configs
-from hybrid_retrieval.experiments.runs import observe, plain_config, run_directory
+from hybrid_retrieval.experiments.runs import plain_config, run_directory, run_experiment
 from hybrid_retrieval.model import ModelConfig
+from hybrid_retrieval.training.checkpoint import check_resumable
 from hybrid_retrieval.training.config import TrainConfig, split_config
 from hybrid_retrieval.training.loop import train
 
@@ -40,19 +42,22 @@ register_named_configs(ex, "retrieval")
 def main(_config: dict, _run, fusion_options: dict, frontend: dict) -> dict:
     # The dict-valued keys are named here so sacred accepts nested keys that configs add to them
     # (e.g. fusion_options.mid.width, frontend.n_mels); their values are read from _config.
-    flat = {k: v for k, v in plain_config(_config).items() if k not in MODEL_KEYS or v not in (None, {})}
-    model_config, train_config = split_config(flat)
-    return train(model_config, train_config, run_directory(_run))
+    with exiting_on_error():
+        flat = {k: v for k, v in plain_config(_config).items() if k not in MODEL_KEYS or v not in (None, {})}
+        model_config, train_config = split_config(flat)
+        return train(model_config, train_config, run_directory(_run))
 
 
 def _translate_resume(argv: list[str]) -> list[str]:
-    """`--resume PATH` -> the config update `resume=PATH` (sacred has no such option)."""
+    """`--resume PATH` -> the config update `resume=PATH` (sacred has no such option), after
+    checking that PATH holds a checkpoint to resume."""
     if "--resume" not in argv:
         return argv
     i = argv.index("--resume")
     if i + 1 >= len(argv):
-        sys.exit("--resume needs a run or checkpoint directory")
+        raise BadInputError("--resume needs a run or checkpoint directory")
     path = argv[i + 1]
+    check_resumable(path)
     rest = argv[:i] + argv[i + 2:]
     if "with" not in rest:
         rest.append("with")
@@ -61,6 +66,5 @@ def _translate_resume(argv: list[str]) -> list[str]:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if is_main_process() and int(os.environ.get("RANK", "0")) == 0:
-        observe(ex)
-    ex.run_commandline(_translate_resume(sys.argv))
+    main_process = is_main_process() and int(os.environ.get("RANK", "0")) == 0
+    sys.exit(run_reporting_errors(lambda: run_experiment(ex, _translate_resume(sys.argv), observed=main_process)))

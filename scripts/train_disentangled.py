@@ -23,8 +23,9 @@ from sacred import Experiment
 
 from hybrid_retrieval.disentangled.model import CSNConfig
 from hybrid_retrieval.disentangled.training import CSNTrainConfig, split_csn_config, train_disentangled
+from hybrid_retrieval.errors import exiting_on_error, run_reporting_errors
 from hybrid_retrieval.experiments.config import register_named_configs
-from hybrid_retrieval.experiments.runs import observe, plain_config, run_directory
+from hybrid_retrieval.experiments.runs import plain_config, run_directory, run_experiment
 
 ex = Experiment("disentangled_similarity", save_git_info=False)
 ex.add_config({**CSNConfig().to_dict(), **CSNTrainConfig().to_dict()})
@@ -35,13 +36,13 @@ register_named_configs(ex, "disentangled")
 def main(_config: dict, _run, condition_weights: dict, label_columns: dict) -> dict:
     # The dicts are named here so that sacred accepts nested keys (condition_weights.tempo=2.0);
     # their values are read from _config with everything else.
-    model_config, train_config = split_csn_config(plain_config(_config))
-    return train_disentangled(model_config, train_config, run_directory(_run))
+    with exiting_on_error():
+        model_config, train_config = split_csn_config(plain_config(_config))
+        return train_disentangled(model_config, train_config, run_directory(_run))
 
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     # The heads and losses are small: on a shared CPU, one thread beats two that wait on each other.
     torch.set_num_threads(1)
-    observe(ex)
-    ex.run_commandline(sys.argv)
+    sys.exit(run_reporting_errors(lambda: run_experiment(ex, sys.argv)))

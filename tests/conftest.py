@@ -1,5 +1,7 @@
 """Test-wide settings: no hub access, and the location of the shared reference data."""
+import contextlib
 import os
+import subprocess
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
@@ -192,3 +194,49 @@ def wavcaps_root(tmp_path: Path, datasets_cache: Path) -> Path:
     root = tmp_path / "wavcaps"
     write_wavcaps(root / "WavCaps")
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_synthmusic(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SynthMusic of 16 clips of 6 s per split (4 genres, 4 lead instruments)."""
+    from hybrid_retrieval.data.synthmusic import generate_synthmusic
+
+    return generate_synthmusic(tmp_path_factory.mktemp("synthmusic"), seed=0, n_train=16, n_val=16, n_eval=16,
+                               seconds=6.0, workers=2, progress=False, genres=("rock", "techno", "waltz", "ballad"),
+                               lead_instruments=("piano", "flute", "violin", "trumpet"))
+
+
+def _takes_new_files(folder: Path) -> bool:
+    try:
+        (folder / ".probe").write_text("x")
+    except OSError:
+        return False
+    (folder / ".probe").unlink()
+    return True
+
+
+@contextlib.contextmanager
+def read_only(folder: Path):
+    """`folder` made read-only for this process: permission bits, and, for root (whom they do not
+    stop), the immutable attribute. Fails, rather than skips, where neither works."""
+    folder.chmod(0o555)
+    immutable = False
+    if _takes_new_files(folder):
+        subprocess.run(["chattr", "+i", str(folder)], check=True, capture_output=True)
+        immutable = True
+    try:
+        assert not _takes_new_files(folder), f"cannot make {folder} read-only here"
+        yield folder
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(folder)], check=True, capture_output=True)
+        folder.chmod(0o755)
+
+
+def dead_pid() -> int:
+    """The id of a process that has exited (for temporaries "left by a killed run")."""
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid

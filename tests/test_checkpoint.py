@@ -36,7 +36,7 @@ def test_interrupted_save_keeps_the_previous_checkpoint(model, tmp_path: Path, m
     def crash(*args, **kwargs):
         raise KeyboardInterrupt("killed while writing")
 
-    monkeypatch.setattr(ckpt, "save_file", crash)
+    monkeypatch.setattr(ckpt, "write_safetensors", crash)
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(folder / "epoch-0002", model, {}, TrainingState(2, 10), frozen=("audio", "text"))
     assert find_checkpoint(tmp_path) == folder / "epoch-0001"

@@ -1,6 +1,7 @@
 """Disentangled music similarity: masks, losses, the overlap and tempo rules, training, `similar`."""
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -183,15 +184,6 @@ def test_estimate_tempo_of_a_click_track(tmp_path: Path) -> None:
 # End to end on a tiny SynthMusic, and the `similar` command
 
 
-@pytest.fixture(scope="module")
-def tiny_synthmusic(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from hybrid_retrieval.data.synthmusic import generate_synthmusic
-
-    return generate_synthmusic(tmp_path_factory.mktemp("synthmusic"), seed=0, n_train=16, n_val=16, n_eval=16,
-                               seconds=6.0, workers=2, progress=False, genres=("rock", "techno", "waltz", "ballad"),
-                               lead_instruments=("piano", "flute", "violin", "trumpet"))
-
-
 def test_tiny_benchmark_and_similar_cli(tiny_synthmusic: Path, offline_weights: Path, tmp_path: Path,
                                         capsys: pytest.CaptureFixture) -> None:
     from hybrid_retrieval.disentangled.benchmark import run_triplet_benchmark, triplet_table
@@ -264,3 +256,32 @@ def test_train_disentangled_installs_the_default_model(tiny_synthmusic: Path, of
     assert len(matches) == 5 and str(wavs[1].resolve()) not in [m.path for m in matches]
     with pytest.raises(ValueError, match="unknown config key"):
         split_csn_config({"epochz": 3})
+
+
+def test_train_disentangled_saves_before_evaluating(tiny_synthmusic: Path, tmp_path: Path, caplog,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from hybrid_retrieval.disentangled import training
+    from hybrid_retrieval.disentangled.checkpoint import load_model
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_synthmusic, data)
+    factors = data / "factors_validation.csv"
+    factors.write_text("".join(factors.read_text().splitlines(keepends=True)[:2]))  # one track: no triplet
+    model_config, train_config = training.split_csn_config({
+        "data_root": str(data), "cache_dir": None, "epochs": 1, "batch_size": 8, "encoder": "melcnn",
+        "embed_dim": 16, "hidden": 16, "progress": False})
+    metrics = training.train_disentangled(model_config, train_config, tmp_path / "run")
+    assert "val_triplet_accuracy" not in metrics and "no validation triplet accuracy" in caplog.text
+    assert "no triplet can be formed" in caplog.text
+    assert load_model(tmp_path / "run")[2]["metrics"]["loss"] == metrics["loss"]  # saved all the same
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("evaluation crashed")
+
+    monkeypatch.setattr(training, "evaluate_triplets", crash)
+    model_config, train_config = training.split_csn_config({
+        "data_root": str(tiny_synthmusic), "cache_dir": None, "epochs": 1, "batch_size": 8, "encoder": "melcnn",
+        "embed_dim": 16, "hidden": 16, "progress": False})
+    with pytest.raises(RuntimeError, match="evaluation crashed"):
+        training.train_disentangled(model_config, train_config, tmp_path / "crashed")
+    assert load_model(tmp_path / "crashed")[0].config.embed_dim == 16  # the trained model was kept

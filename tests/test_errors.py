@@ -40,7 +40,7 @@ def test_reporting_prints_one_line_and_keeps_bugs(capsys: pytest.CaptureFixture)
     (["index", "build", "{tmp}", "--checkpoint", "{tmp}/nothing", "--out", "{tmp}/x.index"],
      "error: no checkpoint found at {tmp}/nothing"),
     (["similar", "{tmp}/q.wav", "--catalog", "{tmp}", "--checkpoint", "{tmp}/nothing"],
-     "error: no similarity model at {tmp}/nothing"),
+     "error: query audio file not found: {tmp}/q.wav"),
 ])
 def test_cli_errors_are_one_line(argv: list[str], expected: str, tmp_path: Path,
                                  capsys: pytest.CaptureFixture) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import math
+import os
 import re
 import shutil
 from collections import Counter
@@ -283,3 +284,70 @@ def test_tempo_of_the_audio_matches_the_label(dataset):
         agree += any(abs(estimate - label * f) <= 0.04 * label * f for f in (1.0, 2.0, 0.5))
     # measured: 92 % of 300 default clips, 10-12 of 12 tiny ones; 70 % leaves room for the tracker
     assert agree / len(rows) >= 0.7, f"{agree}/{len(rows)}"
+
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILD = ("import sys\nfrom hybrid_retrieval.data.synthmusic import build_synthmusic\n"
+         "build_synthmusic(sys.argv[1], seed=0, n_train=int(sys.argv[2]), n_val=int(sys.argv[3]), "
+         "n_eval=int(sys.argv[4]), seconds=float(sys.argv[5]), workers=int(sys.argv[6]), progress=False)\n")
+
+
+def _builder(out: Path, n_train: int, n_val: int, n_eval: int, seconds: float, workers: int):
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-c", BUILD, str(out), str(n_train), str(n_val), str(n_eval),
+                             str(seconds), str(workers)], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _children(pid: int) -> list[int]:
+    """Live processes whose parent is `pid` (from /proc; zombies do not count)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, ppid = stat.read_text().rsplit(")", 1)[1].split()[:2]
+        except (OSError, IndexError, ValueError):
+            continue
+        if int(ppid) == pid and state != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_workers_die_with_a_killed_parent(tmp_path):
+    import signal
+    import time
+
+    parent = _builder(tmp_path / "out", 48, 0, 0, 10.0, 2)
+    deadline = time.monotonic() + 120
+    workers: list[int] = []
+    while len(workers) < 2 and time.monotonic() < deadline and parent.poll() is None:
+        time.sleep(0.2)
+        workers = _children(parent.pid)
+    assert len(workers) == 2, parent.communicate()[1][-2000:]
+    parent.send_signal(signal.SIGKILL)  # no cleanup in the parent runs
+    parent.wait()
+    deadline = time.monotonic() + 15
+    while any(map(_alive, workers)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = [pid for pid in workers if _alive(pid)]
+    for pid in left:  # do not leave them behind if the test fails
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"workers {left} outlived their killed parent"
+
+
+def test_two_runs_into_one_folder_both_succeed(tmp_path, hashes):
+    out = tmp_path / "shared"
+    runs = [_builder(out, SIZES["n_train"], SIZES["n_val"], SIZES["n_eval"], SECONDS, 1) for _ in range(2)]
+    results = [run.communicate(timeout=300) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], [err[-2000:] for _, err in results]
+    assert any("waiting for it to finish" in err for _, err in results)  # one waited for the other's lock
+    assert _hashes(out) == hashes  # the folder is the one a single clean run writes

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from hybrid_retrieval.errors import BadInputError, IncompatibleModelError
 from hybrid_retrieval.outputs import TowerOutput
+from hybrid_retrieval.weights_fit import find_misfit
 
 # MobileNetV3-Large's inverted-residual table (paper, Table 1), before width scaling:
 # (kernel, expanded channels, output channels, squeeze-excitation, hardswish, stride)
@@ -191,15 +192,9 @@ def build_efficientat(name: str, pretrained: bool = True, weights: str | None = 
         return model, False
     path = resolve_weights(name, weights)
     state = load_state_dict(path)
-    expected = model.state_dict()
-    wrong = [k for k in expected if k not in state or state[k].shape != expected[k].shape]
-    extra = [k for k in state if k not in expected]
-    if wrong or extra:
-        first = wrong[0] if wrong else extra[0]
-        found = tuple(state[first].shape) if first in state else "missing"
-        wanted = tuple(expected[first].shape) if first in expected else "not in this model"
-        raise IncompatibleModelError(
-            f"weights file {path} does not fit EfficientAT {name}: tensor {first!r} is {found}, the model "
-            f"needs {wanted} ({len(wrong)} tensors do not fit, {len(extra)} unknown); is it another model's?")
+    misfit = find_misfit(model.state_dict(), state)
+    if misfit:
+        raise IncompatibleModelError(f"weights file {path} does not fit EfficientAT {name}: {misfit}; "
+                                     "is it another model's?")
     model.load_state_dict(state, strict=True)
     return model, True

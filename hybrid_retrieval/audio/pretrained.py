@@ -2,8 +2,10 @@
 
 Resolution order: an explicit path, then the directory in $HYBRID_RETRIEVAL_WEIGHTS_DIR, then
 the user cache (`<cache>/weights`), then a download into that cache (verified against the
-recorded sha256 where the project knows it). Loading uses `torch.load(weights_only=True)`, so a
-checkpoint can never run code when unpickled.
+recorded sha256 where the project knows it; where it does not, the hash of the download is
+recorded beside the file and every later use checks it: trust on first use). Loading uses
+`torch.load(weights_only=True)`, so a checkpoint can never run code when unpickled, and the
+tower loads the state dict strictly, a second check that the file is the model's.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from pathlib import Path
 import torch
 
 from hybrid_retrieval import hub
-from hybrid_retrieval.errors import BadInputError, NotFoundError
+from hybrid_retrieval.errors import BadInputError, IncompatibleModelError, NotFoundError
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,7 @@ def resolve_weights(name: str, path: str | Path | None = None, download: bool = 
     candidates.append(cached)
     for candidate in candidates:
         if candidate.is_file():
-            return candidate
+            return _verified(candidate)
     reason = "downloading is disabled"
     if download:
         try:
@@ -83,6 +85,22 @@ def resolve_weights(name: str, path: str | Path | None = None, download: bool = 
     raise WeightsNotFoundError(
         f"{summary}. Download {spec.url} and put it in {weights_cache_dir()} or in a directory named by "
         f"HYBRID_RETRIEVAL_WEIGHTS_DIR, or pass its path explicitly (--weights PATH).", reason=summary)
+
+
+def _verified(path: Path) -> Path:
+    """`path`, after checking it against the sha256 recorded when it was downloaded without a
+    known hash (trust on first use; see hub.download): a file changed since is refused."""
+    record = hub.recorded_hash_path(path)
+    if not record.is_file():
+        return path
+    words = record.read_text().split()  # "<sha256>  <file name>", as sha256sum writes it
+    recorded = words[0] if words else ""
+    actual = hub.file_sha256(path)
+    if actual != recorded:
+        raise IncompatibleModelError(
+            f"weights file {path} has sha256 {actual}, but {recorded or 'nothing'} was recorded in {record} when it "
+            f"was downloaded; it has changed since. Delete both files to download it again.")
+    return path
 
 
 def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

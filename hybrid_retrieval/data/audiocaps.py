@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hybrid_retrieval.data.clotho import drop_missing_audio, first_file
-from hybrid_retrieval.data.items import CatalogueItem
+from hybrid_retrieval.data.items import CatalogueItem, safe_file_name
 from hybrid_retrieval.data.spec import DatasetSpec
 from hybrid_retrieval.deps import optional_import
 from hybrid_retrieval.errors import BadInputError, NotFoundError
@@ -64,7 +64,8 @@ def _read_captions(path: Path) -> dict[ClipKey, list[str]]:
         if missing:
             raise BadInputError(f"{path}: missing column(s) {sorted(missing)} (header: {reader.fieldnames})")
         for row in reader:
-            key = (row["youtube_id"], _start_seconds(row["start_time"], path, reader.line_num))
+            where = f"{path}, line {reader.line_num}"
+            key = (safe_file_name(row["youtube_id"], where), _start_seconds(row["start_time"], path, reader.line_num))
             clips.setdefault(key, []).append(row["caption"])
     return clips
 

@@ -17,6 +17,7 @@ from hybrid_retrieval.data.clotho import read_metadata_csv
 from hybrid_retrieval.data.items import CatalogueItem
 from hybrid_retrieval.data.registry import DATASETS, load_split
 from hybrid_retrieval.errors import BadInputError
+from hybrid_retrieval.terminal import printable
 
 log = logging.getLogger("hybrid_retrieval")
 
@@ -55,7 +56,7 @@ def load_catalogue(source: str | Path, metadata_csv: str | Path | None = None) -
     skipped = [item.item_id for item, ok in zip(items, opens) if not ok]
     if skipped:
         log.warning("skipped %d of %d files that cannot be read as audio: %s", len(skipped), len(items),
-                    ", ".join(skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
+                    ", ".join(map(printable, skipped[:5])) + (" ..." if len(skipped) > 5 else ""))
     return [item for item, ok in zip(items, opens) if ok]
 
 

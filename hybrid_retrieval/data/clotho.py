@@ -7,6 +7,7 @@ Published layout (Zenodo record 4783391): ``clotho_captions_{split}.csv`` with
 """
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import logging
@@ -14,7 +15,7 @@ import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from hybrid_retrieval.data.items import CatalogueItem
+from hybrid_retrieval.data.items import CatalogueItem, safe_file_name
 from hybrid_retrieval.data.spec import DatasetSpec
 from hybrid_retrieval.deps import optional_import
 from hybrid_retrieval.errors import BadInputError, NotFoundError
@@ -32,25 +33,75 @@ AAC_CLOTHO_DIR = "CLOTHO_v2.1"
 _CAPTION_COLUMN = re.compile(r"caption_\d+")
 
 
+# Python's csv module refuses fields over 128 KiB by default; a free-text description or a long
+# keyword list may be longer, so CSVs are read with this limit (the largest a C long holds everywhere).
+CSV_FIELD_LIMIT = 2**31 - 1
+_UTF16_BOMS = {codecs.BOM_UTF16_LE: "UTF-16 (little-endian)", codecs.BOM_UTF16_BE: "UTF-16 (big-endian)"}
+
+
+def _decode_csv(path: Path, raw: bytes) -> str:
+    """UTF-8 (with or without BOM), else ISO-8859-1; UTF-16/32 and binary files are refused, naming
+    what they look like, since they would otherwise be read as Latin-1 noise."""
+    for bom, name in _UTF16_BOMS.items():
+        if raw.startswith(bom):
+            raise BadInputError(f"{path} is encoded as {name}; save it as UTF-8 (or ISO-8859-1) and try again")
+    if b"\x00" in raw:
+        raise BadInputError(f"{path} holds NUL bytes: it is not a text CSV (UTF-16 without a byte-order mark, "
+                            "or binary); save it as UTF-8")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return raw.decode("iso-8859-1")
+
+
+def read_csv_lines(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
+    """As :func:`read_csv`, with each row's line number in the file (its last line, for a row
+    whose quoted fields span several)."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise NotFoundError(f"CSV file not found: {path}") from exc
+    except OSError as exc:
+        raise BadInputError(f"cannot read {path}: {exc.strerror}") from exc
+    reader = csv.DictReader(io.StringIO(_decode_csv(path, raw), newline=""), restval="")
+    rows = []
+    previous_limit = csv.field_size_limit(CSV_FIELD_LIMIT)
+    try:
+        for row in reader:
+            if None in row:
+                raise BadInputError(f"{path}, line {reader.line_num}: more fields than the header has "
+                                    f"({reader.fieldnames})")
+            rows.append((reader.line_num, row))
+        header = list(reader.fieldnames or [])
+    except csv.Error as exc:
+        raise BadInputError(f"{path}, line {reader.line_num}: not valid CSV ({exc})") from exc
+    finally:
+        csv.field_size_limit(previous_limit)
+    return header, rows
+
+
 def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     """Header and rows of a CSV, decoded as UTF-8, or as ISO-8859-1 when it is not valid UTF-8.
 
     Clotho's metadata CSVs are ISO-8859-1, its caption CSVs and our generated files UTF-8. Latin-1
     text with non-ASCII characters is practically never valid UTF-8, so trying UTF-8 first reads
-    both correctly. Short rows are padded with ""; a row with more fields than the header raises.
+    both correctly. Short rows are padded with ""; a row with more fields than the header, a
+    malformed file and a UTF-16 one raise BadInputError naming the file (and line).
     """
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        text = raw.decode("iso-8859-1")
-    reader = csv.DictReader(io.StringIO(text, newline=""), restval="")
-    rows = []
-    for row in reader:
-        if None in row:
-            raise BadInputError(f"{path}, line {reader.line_num}: more fields than the header has ({reader.fieldnames})")
-        rows.append(row)
-    return list(reader.fieldnames or []), rows
+    header, rows = read_csv_lines(path)
+    return header, [row for _, row in rows]
+
+
+def duplicate_names(rows: list[tuple[int, dict[str, str]]], path: Path, column: str = "file_name") -> None:
+    """Refuse a CSV naming a file twice, with the lines of the first duplicate."""
+    lines: dict[str, list[int]] = {}
+    for line, row in rows:
+        lines.setdefault(row[column], []).append(line)
+    twice = {name: where for name, where in lines.items() if len(where) > 1}
+    if twice:
+        name, where = next(iter(twice.items()))
+        more = f" ({len(twice) - 1} more names appear twice)" if len(twice) > 1 else ""
+        raise BadInputError(f"{path}: {column} {name!r} appears on lines {', '.join(map(str, where))}{more}")
 
 
 def drop_missing_audio(items: list[CatalogueItem], label: str, where: str) -> list[CatalogueItem]:
@@ -80,10 +131,11 @@ def first_file(folders: Iterable[Path], name: str) -> Path | None:
 
 def _metadata_rows(path: Path) -> list[dict[str, str]]:
     """The rows of a metadata CSV, which must have a `file_name` column."""
-    header, rows = read_csv(path)
+    header, rows = read_csv_lines(path)
     if "file_name" not in header:
         raise BadInputError(f"{path}: no 'file_name' column (header: {header})")
-    return rows
+    duplicate_names(rows, path)
+    return [row for _, row in rows]
 
 
 def _metadata_kinds(row: dict[str, str]) -> dict[str, list[str] | str]:
@@ -144,17 +196,15 @@ def load_clotho(
     # Without any audio folder, items point where the published archives unpack.
     audio_dir = next((folder for folder in audio_dirs if folder.is_dir()), root / split)
 
-    header, rows = read_csv(captions_path)
+    header, rows = read_csv_lines(captions_path)
     caption_columns = [column for column in header if _CAPTION_COLUMN.fullmatch(column)]
     if "file_name" not in header or not caption_columns:
         raise BadInputError(f"{captions_path}: expected columns file_name,caption_1,... (header: {header})")
+    duplicate_names(rows, captions_path)
     items: list[CatalogueItem] = []
-    seen: set[str] = set()
-    for row in rows:
-        file_name = row["file_name"]  # kept exactly: a leading space is part of some names
-        if file_name in seen:
-            raise BadInputError(f"{captions_path}: file_name {file_name!r} appears twice")
-        seen.add(file_name)
+    for line, row in rows:
+        # kept exactly (a leading space is part of some names), but never outside the audio folder
+        file_name = safe_file_name(row["file_name"], f"{captions_path}, line {line}")
         items.append(
             CatalogueItem(
                 item_id=file_name,

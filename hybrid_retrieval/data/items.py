@@ -2,13 +2,25 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from hybrid_retrieval.errors import BadInputError
 
 # Metadata kinds of Primus & Widmer (EUSIPCO 2024): closed-set tags, open-set keywords,
 # and a free-form sentence. A loader fills the kinds its dataset has.
 METADATA_KINDS = ("cs", "os", "fs")
+
+
+def safe_file_name(name: str, where: str) -> str:
+    """`name` if it stays inside the dataset folder it is joined to; a name from a dataset's CSV
+    that is absolute or climbs out with `..` (which would read, or index, any file on the machine)
+    is refused naming `where` it was found. Names are otherwise kept exactly (Clotho's may start
+    with a space)."""
+    parts = PurePosixPath(name.replace("\\", "/")).parts
+    if not name.strip() or PurePosixPath(name).is_absolute() or PureWindowsPath(name).is_absolute() \
+            or PureWindowsPath(name).drive or ".." in parts or "\0" in name:
+        raise BadInputError(f"{where}: file name {name!r} is empty, absolute or leaves the dataset folder")
+    return name
 
 
 @dataclass

@@ -69,12 +69,14 @@ import math
 import multiprocessing
 import os
 import re
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
+from filelock import FileLock, Timeout
 
 from hybrid_retrieval.audio.io import SAMPLE_RATE
 from hybrid_retrieval.data import synthmusic_text as text
@@ -114,7 +116,7 @@ from hybrid_retrieval.data.synthmusic_render import (
 )
 from hybrid_retrieval.data.synthmusic_text import MetadataNoise
 from hybrid_retrieval.errors import BadInputError
-from hybrid_retrieval.hub import write_atomic
+from hybrid_retrieval.hub import check_space, check_writable, write_atomic
 
 # The public API of SynthMusic, including what the factor and render modules define.
 __all__ = [
@@ -130,6 +132,7 @@ log = logging.getLogger(__name__)
 MANIFEST_NAME = "synthmusic_manifest.json"
 PROGRESS_DIR = ".synthmusic_progress"
 MARKER_NAME = ".synthmusic"  # written first: this directory is SynthMusic's to rewrite
+LOCK_NAME = ".synthmusic.lock"  # held by the one run writing the directory
 MAX_SECONDS = 300.0
 
 CAPTION_COLUMNS = ["file_name"] + [f"caption_{i}" for i in range(1, text.CAPTIONS_PER_CLIP + 1)]
@@ -388,14 +391,35 @@ def build_synthmusic(out_dir: str | Path, seed: int = 0, n_train: int = 1200, n_
             and any(out_dir.glob("clotho_*")):
         raise BadInputError(f"{out_dir} holds a Clotho-style dataset that SynthMusic did not write; "
                          "refusing to overwrite it")
+    check_writable(out_dir, directory=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # One writer at a time: a second run into the same folder waits for the first, then finds the
+    # dataset complete (or resumes what the first left).
+    lock = FileLock(out_dir / LOCK_NAME)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.warning("another run is writing SynthMusic into %s (it holds %s); waiting for it to finish",
+                    out_dir, out_dir / LOCK_NAME)
+        lock.acquire()
+    try:
+        if _manifest_matches(out_dir, params):
+            log.info("SynthMusic in %s was completed by the other run; nothing to do", out_dir)
+            return SynthMusicReport(out_dir, True, 0, 0, time.perf_counter() - t0)
+        return _build_locked(out_dir, params, noise, workers, progress, t0)
+    finally:
+        lock.release()
 
+
+def _build_locked(out_dir: Path, params: dict, noise: MetadataNoise, workers: int | None, progress: bool,
+                  t0: float) -> SynthMusicReport:
+    """The body of build_synthmusic, run while holding the folder's lock."""
     # Plan everything in memory first (factors and text are cheap).
     plans = {split: plan_split(params["seed"], split, n, params["seconds"], params["genres"], params["moods"],
                                params["lead_instruments"], params["tempo_bins"])
              for split, n in params["sizes"].items()}
     texts = {split: [clip_text(s, params["seed"], noise) for s in specs] for split, specs in plans.items()}
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / MARKER_NAME).write_text("SynthMusic output directory (hybrid_retrieval.data.synthmusic)\n")
     trusted = _trusted_entries(out_dir)
     (out_dir / MANIFEST_NAME).unlink(missing_ok=True)  # the directory is about to change
@@ -417,6 +441,7 @@ def build_synthmusic(out_dir: str | Path, seed: int = 0, n_train: int = 1200, n_
         else:
             todo.append((asdict(spec), str(path)))
     reused = len(done)
+    check_space(out_dir, out_dir, len(todo) * _clip_bytes(params["seconds"]))
     # Record the verified clips so an interruption from here on keeps them.
     journal = progress_dir / "done.jsonl"
     write_atomic(journal, "".join(json.dumps({"path": r, **i}) + "\n" for r, i in done.items()).encode())
@@ -442,6 +467,24 @@ def build_synthmusic(out_dir: str | Path, seed: int = 0, n_train: int = 1200, n_
     elapsed = time.perf_counter() - t0
     log.info("SynthMusic: rendered %d clips, reused %d, in %.1f s -> %s", len(todo), reused, elapsed, out_dir)
     return SynthMusicReport(out_dir, False, len(todo), reused, elapsed)
+
+
+def _clip_bytes(seconds: float) -> int:
+    """Size of one rendered clip: 16-bit mono PCM and its WAV header."""
+    return int(seconds * SAMPLE_RATE) * 2 + 44
+
+
+def _die_with(parent: int) -> None:
+    """Worker initializer: exit as soon as the parent process is gone. A worker blocked on the
+    pool's queue never notices a killed parent (it holds its own end of the pipe), so without this
+    a killed run leaves its workers running forever. Polling the parent id is portable, where
+    Linux's PR_SET_PDEATHSIG would need ctypes and watches the forking thread, not the process."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
 
 
 def _render_all(out_dir: Path, todo: list[tuple[dict, str]], workers: int | None, progress: bool, journal: Path,
@@ -470,7 +513,8 @@ def _render_all(out_dir: Path, todo: list[tuple[dict, str]], workers: int | None
                 # the workers only run numpy, scipy and tinysoundfont (no threads of the parent).
                 methods = multiprocessing.get_all_start_methods()
                 ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-                with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+                with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_die_with,
+                                            initargs=(os.getpid(),)) as pool:
                     futures = [pool.submit(render_chunk, c) for c in chunks]
                     try:
                         for future in cf.as_completed(futures):

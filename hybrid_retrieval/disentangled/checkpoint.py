@@ -16,13 +16,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from safetensors.torch import load_file, save_file
-
+from hybrid_retrieval.config_base import read_json_object
 from hybrid_retrieval.disentangled.features import FeatureSource, create_source
 from hybrid_retrieval.disentangled.model import ConditionalSimilarityNet, CSNConfig
 from hybrid_retrieval.errors import BadInputError, IncompatibleModelError, NotFoundError
 from hybrid_retrieval.fingerprint import fingerprint_hash, module_state_hash
 from hybrid_retrieval.hub import atomic_directory, cache_dir
+from hybrid_retrieval.tensorfile import read_safetensors, write_safetensors
+from hybrid_retrieval.weights_fit import find_misfit
+
+# The CSNConfig keys that shape the head's tensors (named when saved weights do not fit).
+SHAPING_KEYS = ("conditions", "embed_dim", "hidden", "masks", "heads", "encoder")
 
 MODEL_FORMAT = "hybrid_retrieval.disentangled/1"
 TRAIN_HINT = ("train one with `python scripts/train_disentangled.py with export_default=True` "
@@ -52,7 +56,7 @@ def save_model(directory: str | Path, model: ConditionalSimilarityNet, source: F
               "features": source.fingerprint(), "metrics": metrics or {}}
     with atomic_directory(directory) as tmp:
         weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        save_file(weights, str(tmp / "model.safetensors"))
+        write_safetensors(weights, tmp / "model.safetensors", target=directory)
         (tmp / "config.json").write_text(json.dumps(config, indent=1))
     return directory
 
@@ -69,21 +73,42 @@ def find_model(path: str | Path | None = None) -> Path:
                              f"or in {Path(path) / 'model'}); {TRAIN_HINT}")
 
 
+def read_model_config(directory: Path) -> tuple[dict, CSNConfig]:
+    """config.json of a saved model and its CSNConfig, checked: BadInputError naming the file and
+    the key when it is not JSON, of another format, lacks a section or holds a wrong value."""
+    path = directory / "config.json"
+    config = read_json_object(path, "similarity model config")
+    if config.get("format") != MODEL_FORMAT:
+        raise BadInputError(f"{directory} is not a similarity model of format {MODEL_FORMAT} (found {config.get('format')})")
+    for section in ("model", "train", "features"):
+        if not isinstance(config.get(section), dict):
+            found = "missing" if section not in config else f"a {type(config[section]).__name__}"
+            raise BadInputError(f"{path}: the {section!r} section is {found}, not a JSON object")
+    try:
+        return config, CSNConfig.from_dict(config["model"])
+    except BadInputError as exc:
+        raise BadInputError(f"{path}: {exc}") from exc
+
+
 def load_model(path: str | Path | None = None, weights: str | None = None,
                window_seconds: float | None = None) -> tuple[ConditionalSimilarityNet, FeatureSource, dict]:
     """(model in eval mode, its feature source, config.json) of a saved model (None: the default).
     weights: the frozen tower's weights file, if not where they were found in training;
-    window_seconds: see TowerTokens."""
+    window_seconds: see TowerTokens. A damaged or inconsistent model directory is refused naming
+    the file and what is wrong."""
     directory = find_model(path)
-    config = json.loads((directory / "config.json").read_text())
-    if config.get("format") != MODEL_FORMAT:
-        raise BadInputError(f"{directory} is not a similarity model of format {MODEL_FORMAT} (found {config.get('format')})")
-    model_config = CSNConfig.from_dict(config["model"])
+    config, model_config = read_model_config(directory)
+    state = read_safetensors(directory / "model.safetensors")
     source = create_source(model_config.encoder, model_config.audio_encoder,
                            weights or config["train"].get("audio_weights"), window_seconds)
     if source.fingerprint() != config["features"]:
         raise IncompatibleModelError(f"{directory} was trained on features {config['features']} but the source rebuilt here "
                          f"differs ({source.fingerprint()}); point to the same pretrained weights")
     model = ConditionalSimilarityNet(model_config, source.dim)
-    model.load_state_dict(load_file(str(directory / "model.safetensors")), strict=True)
+    misfit = find_misfit(model.state_dict(), state)
+    if misfit:
+        shaped_by = ", ".join(f"{key}={getattr(model_config, key)!r}" for key in SHAPING_KEYS)
+        raise IncompatibleModelError(f"{directory}: model.safetensors does not fit its config.json: {misfit}; "
+                                     f"config.json's model section shapes it with {shaped_by}")
+    model.load_state_dict(state, strict=True)
     return model.eval(), source, config

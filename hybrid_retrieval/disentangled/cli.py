@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from hybrid_retrieval.terminal import at_least_one, printable, readable_file
+
 
 def add_similar_command(sub: argparse._SubParsersAction) -> None:
     """Register `similar` on the main parser's sub-commands."""
@@ -24,7 +26,7 @@ def add_similar_command(sub: argparse._SubParsersAction) -> None:
                          help="a folder of audio files (recursive) or a catalogue file saved with --save-catalog")
     similar.add_argument("--condition", default="all",
                          help="genre | mood | instrument | tempo (the model's conditions) | all (default: all)")
-    similar.add_argument("--top", type=int, default=10, help="number of tracks to list (default: 10)")
+    similar.add_argument("--top", type=at_least_one, default=10, help="number of tracks to list (default: 10)")
     similar.add_argument("--checkpoint", default=None,
                          help="model directory or run directory (default: the installed default model)")
     similar.add_argument("--save-catalog", default=None, metavar="FILE",
@@ -37,18 +39,25 @@ def add_similar_command(sub: argparse._SubParsersAction) -> None:
 
 def _similar(args: argparse.Namespace) -> int:
     from hybrid_retrieval.disentangled.search import SimilaritySearch
+    from hybrid_retrieval.hub import check_writable, save_or_rescue
 
+    readable_file(args.query, "query audio file")  # the inputs and outputs are checked before any work
+    if args.save_catalog:
+        check_writable(args.save_catalog)
+    if args.cache_dir:
+        check_writable(args.cache_dir, directory=True)
     search = SimilaritySearch.from_checkpoint(args.checkpoint, args.catalog, args.cache_dir, args.weights,
                                               progress=not args.json)
     matches = search.query(args.query, args.condition, args.top)
-    if args.save_catalog:
-        search.catalogue.save(args.save_catalog)
     if args.json:
         print(json.dumps({"query": args.query, "condition": args.condition, "checkpoint": str(search.checkpoint),
                           "results": [{"rank": r, "path": m.path, "score": round(m.score, 6)}
                                       for r, m in enumerate(matches, 1)]}))
     else:
-        print(f"{args.query}  (condition: {args.condition})")
+        print(f"{printable(args.query)}  (condition: {printable(args.condition)})")
         for rank, match in enumerate(matches, 1):
-            print(f"  {rank:3d}  {match.score:6.3f}  {match.path}")
+            print(f"  {rank:3d}  {match.score:6.3f}  {printable(match.path)}")
+    if args.save_catalog:  # after the results, which a failed save must not take away
+        catalogue = search.catalogue
+        save_or_rescue(catalogue.save, args.save_catalog, f"the catalogue of {len(catalogue.paths)} embedded tracks")
     return 0

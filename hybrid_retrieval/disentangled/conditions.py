@@ -7,7 +7,6 @@ tolerance (:class:`TempoTolerance`). Tracks without a tempo label get one from b
 """
 from __future__ import annotations
 
-import csv
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +17,8 @@ import torch
 from torch import Tensor
 
 from hybrid_retrieval.audio.io import SAMPLE_RATE, load_audio
+from hybrid_retrieval.data.clotho import read_csv_lines
+from hybrid_retrieval.data.items import safe_file_name
 from hybrid_retrieval.deps import optional_import
 from hybrid_retrieval.errors import BadInputError, NotFoundError
 
@@ -104,6 +105,16 @@ class LabelledTracks:
         return len(self.paths)
 
 
+def _bpm(cell: str, where: str) -> float:
+    try:
+        bpm = float(cell)
+    except ValueError:
+        raise BadInputError(f"{where}: tempo {cell!r} is not a number of beats per minute") from None
+    if not 0 < bpm < float("inf"):
+        raise BadInputError(f"{where}: tempo {cell!r} is not a positive number of beats per minute")
+    return bpm
+
+
 def load_labels(data_root: str | Path, split: str, conditions: Sequence[str] = DEFAULT_CONDITIONS,
                 label_columns: dict[str, str] | None = None, limit: int | None = None) -> LabelledTracks:
     """Labels of a split in SynthMusic's layout: `factors_{split}.csv` (a file_name column and one
@@ -116,9 +127,13 @@ def load_labels(data_root: str | Path, split: str, conditions: Sequence[str] = D
     if not table.is_file():
         raise NotFoundError(f"no label table {table} (expected SynthMusic's layout: factors_{{split}}.csv "
                                 f"beside clotho_audio_{{split}}/)")
-    with open(table, newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))[:limit]
-    paths = [root / f"clotho_audio_{split}" / row["file_name"] for row in rows]
+    header, numbered = read_csv_lines(table)
+    if "file_name" not in header:
+        raise BadInputError(f"{table}: no 'file_name' column (header: {header})")
+    numbered = numbered[:limit]
+    rows = [row for _, row in numbered]
+    paths = [root / f"clotho_audio_{split}" / safe_file_name(row["file_name"], f"{table}, line {line}")
+             for line, row in numbered]
     labels: dict[str, list] = {}
     for condition in conditions:
         column = columns.get(condition, condition)
@@ -127,8 +142,8 @@ def load_labels(data_root: str | Path, split: str, conditions: Sequence[str] = D
             missing = [i for i, cell in enumerate(cells) if not cell.strip()]
             if missing:
                 log.info("%s: estimating the tempo of %d tracks by beat tracking", table, len(missing))
-            labels[condition] = [float(cell) if cell.strip() else estimate_tempo(path)
-                                 for cell, path in zip(cells, paths)]
+            labels[condition] = [_bpm(cell, f"{table}, line {line}") if cell.strip() else estimate_tempo(path)
+                                 for cell, path, (line, _) in zip(cells, paths, numbered)]
         else:
             if rows and column not in rows[0]:
                 raise BadInputError(f"{table} has no column {column!r} for condition {condition!r}; "

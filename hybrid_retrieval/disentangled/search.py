@@ -23,7 +23,8 @@ from hybrid_retrieval.disentangled.checkpoint import find_model, load_model, mod
 from hybrid_retrieval.disentangled.features import FeatureSource, segment_frames
 from hybrid_retrieval.disentangled.model import ALL, ConditionalSimilarityNet, embed_tracks
 from hybrid_retrieval.errors import BadInputError, IncompatibleModelError
-from hybrid_retrieval.tensorfile import json_tensor, load_tensor_file, save_tensor_file, tensor_json
+from hybrid_retrieval.tensorfile import check_rows, json_tensor, load_tensor_file, save_tensor_file, tensor_json
+from hybrid_retrieval.terminal import readable_file
 
 CATALOGUE_FORMAT = "hybrid_retrieval.disentangled.catalogue/1"
 # Files longer than this go through the tower in windows (bounds memory on long recordings).
@@ -51,11 +52,18 @@ class Catalogue:
 
     @classmethod
     def load(cls, path: str | Path) -> Catalogue:
+        """A file `save` wrote; BadInputError naming it if it is damaged or its parts disagree."""
         header, tensors = load_tensor_file(path, CATALOGUE_FORMAT, "similarity catalogue")
         try:
-            return cls(tensors["embeddings"], tensor_json(tensors["paths"]), header["fingerprint"])
+            paths = tensor_json(tensors["paths"])
+            check_rows(tensors["embeddings"], {"paths": paths})
+            if not isinstance(header.get("fingerprint"), str):
+                raise BadInputError("its header has no model fingerprint")
+            return cls(tensors["embeddings"], paths, header["fingerprint"])
         except KeyError as exc:
             raise BadInputError(f"{path} is a damaged similarity catalogue: {exc} is missing") from exc
+        except (BadInputError, ValueError) as exc:  # ValueError: the paths are not UTF-8 JSON
+            raise BadInputError(f"{path} is a damaged similarity catalogue: {exc}") from exc
 
 
 class SimilaritySearch:
@@ -112,9 +120,11 @@ class SimilaritySearch:
         """The catalogue's `top` tracks most similar to an audio file in one condition (or "all")."""
         if self.catalogue is None:
             raise BadInputError("no catalogue to search: pass catalog= to from_checkpoint or set .catalogue")
+        if top < 1:
+            raise BadInputError(f"top must be at least 1, not {top}")
         if condition != ALL:
             self.model.condition_index(condition)  # unknown names fail before any audio is read
-        query = str(Path(audio).resolve())
+        query = str(readable_file(audio, "query audio file").resolve())
         scores = self.model.similarity(self.embed([query]), self.catalogue.embeddings, condition)[0]
         order = [i for i in torch.argsort(scores, descending=True).tolist() if self.catalogue.paths[i] != query]
         return [Match(self.catalogue.paths[i], float(scores[i])) for i in order[:top]]

@@ -39,6 +39,7 @@ from hybrid_retrieval.disentangled.features import (
 from hybrid_retrieval.disentangled.losses import TripletBatch, build_loss
 from hybrid_retrieval.disentangled.model import ConditionalSimilarityNet, CSNConfig
 from hybrid_retrieval.errors import BadInputError
+from hybrid_retrieval.hub import check_writable, save_or_rescue
 
 log = logging.getLogger("hybrid_retrieval")
 
@@ -78,7 +79,7 @@ class CSNTrainConfig(StrictConfig):
 def split_csn_config(flat: dict) -> tuple[CSNConfig, CSNTrainConfig]:
     """Split a flat experiment config into (CSNConfig, CSNTrainConfig); unknown keys are an error."""
     model_part, train_part = partition_keys(flat, CSNConfig, CSNTrainConfig)
-    model, train = CSNConfig(**model_part), CSNTrainConfig(**train_part)
+    model, train = CSNConfig.from_dict(model_part), CSNTrainConfig.from_dict(train_part)
     if train.mask_l1 and model.masks != "learned":
         raise BadInputError("mask_l1 applies to learned masks only (masks=learned)")
     return model, train
@@ -151,16 +152,28 @@ def train_disentangled(model_config: CSNConfig, train_config: CSNTrainConfig, ru
     load = dict(conditions=model_config.conditions, label_columns=train_config.label_columns,
                 cache_dir=train_config.cache_dir, limit=train_config.limit_items, progress=train_config.progress)
     data = load_track_features(source, train_config.data_root, train_config.train_split, **load)
+    targets = [Path(run_dir) / "model"] + ([default_checkpoint()] if train_config.export_default else [])
+    for target in targets:  # checked before training, so a location that refuses costs no training
+        check_writable(target, directory=True)
     model, history = fit(model_config, train_config, source, data)
-    metrics: dict = {"loss": history[-1]}
+    metrics: dict = {"loss": history[-1], "seconds": round(time.perf_counter() - started, 1)}
+
+    def save() -> None:
+        for target in targets:
+            save_or_rescue(lambda path: save_model(path, model, source, train_config.to_dict(), metrics), target,
+                           "the trained similarity model")
+            log.info("saved %s", target)
+
+    save()  # before evaluation, so that a failing evaluation loses no trained model
     if train_config.val_split:
         val = load_track_features(source, train_config.data_root, train_config.val_split, **load)
-        metrics["val_triplet_accuracy"] = evaluate_triplets(model, source, val, seed=train_config.seed,
-                                                            tolerance=train_config.tolerance)
-    metrics["seconds"] = round(time.perf_counter() - started, 1)
-    targets = [Path(run_dir) / "model"] + ([default_checkpoint()] if train_config.export_default else [])
-    for target in targets:
-        save_model(target, model, source, train_config.to_dict(), metrics)
-        log.info("saved %s", target)
+        try:
+            metrics["val_triplet_accuracy"] = evaluate_triplets(model, source, val, seed=train_config.seed,
+                                                                tolerance=train_config.tolerance)
+        except BadInputError as exc:  # e.g. a validation split too small to form a triplet of a condition
+            log.warning("no validation triplet accuracy: %s (%s/%s); the model is saved without it", exc,
+                        train_config.data_root, train_config.val_split)
+        else:
+            save()  # again, with the validation metrics in its config.json
     log.info("%s", json.dumps(metrics))
     return metrics

@@ -16,7 +16,8 @@ import logging
 import sys
 from pathlib import Path
 
-from hybrid_retrieval.errors import NotFoundError
+from hybrid_retrieval.errors import BadInputError, NotFoundError
+from hybrid_retrieval.terminal import at_least_one, check_queries, positive_number, printable, readable_file, recall
 
 
 def add_index_commands(sub: argparse._SubParsersAction) -> None:
@@ -35,13 +36,13 @@ def add_index_commands(sub: argparse._SubParsersAction) -> None:
                             "(';'-separated), closed_tags, description (Clotho layout)")
     build.add_argument("--approximate", choices=["ivf", "hnsw"], default=None,
                        help="also build an approximate FAISS index (for large catalogues); search uses it")
-    build.add_argument("--target-recall", type=float, default=0.95,
+    build.add_argument("--target-recall", type=recall, default=0.95,
                        help="recall@10 against exact search the approximate index is tuned to (default 0.95)")
     build.add_argument("--recall-queries", default=None,
                        help="text file of example queries, one per line, to measure the approximate index's "
                             "recall on (default: the dataset's captions, else catalogue items as queries)")
     build.add_argument("--cache-dir", default=None, help="feature cache of the towers' outputs (reused by rebuilds)")
-    build.add_argument("--window-seconds", type=float, default=None,
+    build.add_argument("--window-seconds", type=positive_number, default=None,
                        help="embed long clips as the mean of windows of this length")
     build.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     build.set_defaults(func=_build)
@@ -54,7 +55,7 @@ def add_index_commands(sub: argparse._SubParsersAction) -> None:
     search = sub.add_parser("search", help="rank an index's items for text queries")
     search.add_argument("index", help="index file (from `hybrid-retrieval index build`)")
     search.add_argument("queries", nargs="+", metavar="QUERY", help="one or more text queries")
-    search.add_argument("--top", type=int, default=10, help="results per query (default 10)")
+    search.add_argument("--top", type=at_least_one, default=10, help="results per query (default 10)")
     search.add_argument("--json", action="store_true", help="one JSON object per query and line")
     search.add_argument("--checkpoint", default=None,
                         help="the index's checkpoint, if it has moved (verified against the index)")
@@ -75,29 +76,36 @@ def open_checkpoint(checkpoint: str, device: str):
 
 def read_lines(path: str | Path) -> list[str]:
     """The non-empty lines of a UTF-8 text file, stripped."""
-    path = Path(path)
-    if not path.is_file():
-        raise NotFoundError(f"file not found: {path}")
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    path = readable_file(path)
+    try:
+        return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except UnicodeDecodeError as exc:
+        raise BadInputError(f"{printable(path)} is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
 
 
 def _build(args: argparse.Namespace) -> int:
     from hybrid_retrieval.data.catalogue import load_catalogue
+    from hybrid_retrieval.hub import check_writable, save_or_rescue
     from hybrid_retrieval.index import build_index, save_index
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    model, checkpoint = open_checkpoint(args.checkpoint, args.device)
+    check_writable(args.out)  # the outputs are checked before anything is loaded or embedded
+    if args.cache_dir:
+        check_writable(args.cache_dir, directory=True)
     items = load_catalogue(args.source, args.metadata)
     recall_queries = read_lines(args.recall_queries) if args.recall_queries else None
+    model, checkpoint = open_checkpoint(args.checkpoint, args.device)
+    # about what the index file will take: the float32 embeddings and each item's names
+    check_writable(args.out, need_bytes=len(items) * (4 * model.config.embed_dim + 512))
     if args.metadata and not model.uses_metadata:
         print(f"note: the checkpoint is content-only (fusion={model.config.fusion!r}); --metadata is not used",
               file=sys.stderr)
     index = build_index(model, items, checkpoint, source=args.source, approximate=args.approximate,
                         target_recall=args.target_recall, recall_queries=recall_queries, cache_dir=args.cache_dir,
                         window_seconds=args.window_seconds)
-    save_index(index, args.out)
-    print(f"indexed {len(index)} items ({index.info['dim']}-d) from {args.source} with {checkpoint['path']} "
-          f"-> {args.out}")
+    save_or_rescue(lambda path: save_index(index, path), args.out, f"the index of {len(index)} embedded items")
+    print(f"indexed {len(index)} items ({index.info['dim']}-d) from {printable(args.source)} with "
+          f"{printable(checkpoint['path'])} -> {printable(args.out)}")
     _print_search(index.info["search"])
     return 0
 
@@ -112,15 +120,17 @@ def _print_search(settings: dict) -> None:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from hybrid_retrieval.index import load_index
+    from hybrid_retrieval.index.store import HEADER_FIELDS, load_index
 
-    info = load_index(args.index).info
+    info = load_index(args.index, require=tuple(HEADER_FIELDS)).info
     if args.json:
         print(json.dumps(info, indent=1))
         return 0
     checkpoint = info["checkpoint"]
-    print(f"{args.index}: {info['size']} items, {info['dim']}-d, built {info['created']} from {info['source']}")
-    print(f"checkpoint: {checkpoint['path']} (epoch {checkpoint['epoch']}, step {checkpoint['step']}), "
+    print(f"{printable(args.index)}: {info['size']} items, {info['dim']}-d, built {printable(info['created'])} "
+          f"from {printable(info['source'])}")
+    print(f"checkpoint: {printable(checkpoint['path'])} (epoch {checkpoint.get('epoch')}, "
+          f"step {checkpoint.get('step')}), "
           f"weights sha256 {info['model']['weights'][:12]}")
     kinds = info["embedding"]["metadata_kinds"]
     print(f"items: audio{f' + metadata ({kinds})' if kinds else ' only'}")
@@ -132,7 +142,8 @@ def _search(args: argparse.Namespace) -> int:
     from hybrid_retrieval.embedding import embed_queries
     from hybrid_retrieval.index import load_index
 
-    index = load_index(args.index)
+    check_queries(args.queries)
+    index = load_index(args.index, require=("model", "checkpoint"))
     try:
         model, _ = open_checkpoint(args.checkpoint or index.checkpoint, args.device)
     except NotFoundError as exc:
@@ -140,6 +151,10 @@ def _search(args: argparse.Namespace) -> int:
             raise
         raise NotFoundError(f"{exc} (the index's checkpoint has moved? pass --checkpoint)") from exc
     index.check_model(model)
+    for number, query in enumerate(args.queries, 1):
+        if cut := model.text_tower.truncation(query):
+            print(f"warning: query {number} is {cut[0]} word pieces long; the text tower reads the first "
+                  f"{model.text_tower.max_length} of them: {printable(cut[1])!r}", file=sys.stderr)
     scores, rows = index.search(embed_queries(model, args.queries, progress=False), args.top, exact=args.exact)
     for query, row_scores, row_ids in zip(args.queries, scores.tolist(), rows.tolist()):
         hits = [{"rank": rank, "score": round(score, 4), "id": index.ids[row], "path": index.paths[row]}
@@ -150,5 +165,5 @@ def _search(args: argparse.Namespace) -> int:
         print(f"{query!r}")
         print(f"  {'rank':>4}  {'score':>6}  item")
         for hit in hits:
-            print(f"  {hit['rank']:>4}  {hit['score']:6.3f}  {hit['id']}")
+            print(f"  {hit['rank']:>4}  {hit['score']:6.3f}  {printable(hit['id'])}")
     return 0

@@ -92,6 +92,8 @@ class SearchIndex:
     def search(self, queries: Tensor, k: int = 10, exact: bool = False) -> tuple[Tensor, Tensor]:
         """Top-k (scores, rows) per query embedding, (n_queries, k) each: the backend's answer, or
         exact search when `exact` (rows of -1 pad missing results)."""
+        if k < 1:
+            raise BadInputError(f"k (results per query) must be at least 1, not {k}")
         if exact and not self.backend.exact:
             return exact_search(self.embeddings, queries.float(), k)
         return self.backend.search(queries, k)

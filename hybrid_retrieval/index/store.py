@@ -10,12 +10,15 @@ tuned to and the recall@10 it measured against exact search). Written atomically
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+
+from torch import Tensor
 
 from hybrid_retrieval.errors import BadInputError
 from hybrid_retrieval.index.backends import backend_class
 from hybrid_retrieval.index.search_index import SearchIndex
-from hybrid_retrieval.tensorfile import json_tensor, load_tensor_file, save_tensor_file, tensor_json
+from hybrid_retrieval.tensorfile import check_rows, json_tensor, load_tensor_file, save_tensor_file, tensor_json
 
 INDEX_FORMAT = "hybrid_retrieval.index/2"
 
@@ -30,14 +33,64 @@ def save_index(index: SearchIndex, path: str | Path) -> Path:
     return save_tensor_file(path, tensors, header)
 
 
-def load_index(path: str | Path) -> SearchIndex:
-    """Read an index written by `save_index` (NotFoundError if there is none, BadInputError if the
-    file is not one)."""
+# What an index header holds (field -> type; nested sections by name). `build_index` writes them
+# all; loading requires LOADING_FIELDS and checks the type of every field present, and the commands
+# require what they print or use, so a damaged or hand-edited header is named as such instead of
+# failing in the middle of a search.
+HEADER_FIELDS: dict[str, type | dict] = {
+    "created": str, "source": str, "size": int, "dim": int,
+    "model": {"fingerprint": dict, "weights": str, "config": dict},
+    "checkpoint": {"path": str},
+    "embedding": {"metadata_kinds": str},
+    "search": {"backend": str},
+}
+LOADING_FIELDS = ("size", "dim", "search")
+
+
+def _check_header(header: dict, fields: dict, required: Sequence[str], where: str = "") -> None:
+    for name, kind in fields.items():
+        if name not in header and name not in required:
+            continue
+        value = header.get(name)
+        expected = dict if isinstance(kind, dict) else kind
+        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            found = "missing" if name not in header else f"a {type(value).__name__}"
+            raise BadInputError(f"header field '{where}{name}' is {found}, not a {expected.__name__}")
+        if isinstance(kind, dict):
+            _check_header(value, kind, list(kind), f"{where}{name}.")
+
+
+def _check_items(header: dict, embeddings: Tensor, items: object) -> None:
+    """The embeddings, the item lists and the header's size and dim must agree."""
+    if not isinstance(items, dict):
+        raise BadInputError("its item table is not a JSON object")
+    check_rows(embeddings, {f"item {name}": items.get(name) for name in ("ids", "paths", "metadata")})
+    rows, dim = embeddings.shape
+    if header["size"] != rows:
+        raise BadInputError(f"its header says {header['size']} items but it holds {rows}")
+    if header["dim"] != dim:
+        raise BadInputError(f"its header says {header['dim']}-d embeddings but they are {dim}-d")
+
+
+def load_index(path: str | Path, require: Sequence[str] = ()) -> SearchIndex:
+    """Read an index written by `save_index` (NotFoundError if there is none, BadInputError naming
+    the file and what is wrong if it is not one, is damaged, or its header and tensors disagree).
+    require: header sections needed besides LOADING_FIELDS (of HEADER_FIELDS, e.g. "model")."""
     header, tensors = load_tensor_file(path, INDEX_FORMAT, "index", hint="build one with `hybrid-retrieval index build`")
     try:
-        items = tensor_json(tensors.pop("items"))
+        _check_header(header, HEADER_FIELDS, (*LOADING_FIELDS, *require))
+        for name in ("embeddings", "items"):
+            if name not in tensors:
+                raise BadInputError(f"it has no {name!r} tensor")
+        try:
+            items = tensor_json(tensors.pop("items"))
+        except ValueError as exc:  # not UTF-8, or not JSON
+            raise BadInputError(f"its item table is not UTF-8 JSON ({exc})") from exc
         embeddings = tensors.pop("embeddings")
+        _check_items(header, embeddings, items)
         backend = backend_class(header["search"]["backend"]).load(header["search"], tensors, embeddings)
         return SearchIndex(embeddings, items["ids"], items["paths"], items["metadata"], header, backend)
-    except (KeyError, TypeError) as exc:
-        raise BadInputError(f"{path} is a damaged index: {exc!r} is missing or of the wrong type") from exc
+    except KeyError as exc:  # a tensor or setting a backend stores
+        raise BadInputError(f"{path} is a damaged index: {exc} is missing") from exc
+    except BadInputError as exc:
+        raise BadInputError(f"{path} is a damaged index: {exc}") from exc

@@ -85,6 +85,15 @@ class TextTower(nn.Module):
         return self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
                               return_tensors="pt")
 
+    def truncation(self, text: str) -> tuple[int, str] | None:
+        """None when `text` fits in `max_length` word pieces (special tokens included); otherwise
+        (its length in word pieces, the text the tower reads of it)."""
+        ids = self.tokenizer(normalize_text(text) if self.normalize else text, truncation=False)["input_ids"]
+        if len(ids) <= self.max_length:
+            return None
+        used = self.tokenize([text])["input_ids"][0]
+        return len(ids), self.tokenizer.decode(used, skip_special_tokens=True)
+
     def forward(self, texts: Sequence[str]) -> TowerOutput:
         batch = {k: v.to(self.model.device) for k, v in self.tokenize(texts).items()}
         hidden = self.model(**batch).last_hidden_state

@@ -17,13 +17,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
+from hybrid_retrieval.config_base import read_json_object
 from hybrid_retrieval.errors import BadInputError, IncompatibleModelError, NotFoundError
 from hybrid_retrieval.hub import atomic_directory, atomic_path
 from hybrid_retrieval.model import ModelConfig, RetrievalModel, create_model
+from hybrid_retrieval.tensorfile import read_safetensors, write_safetensors
+from hybrid_retrieval.weights_fit import find_misfit
 
 FROZEN_PREFIXES = {"audio": "audio_tower.", "text": "text_tower."}
+# The model config keys that shape each top-level part of the state dict (named when weights do not fit).
+CONFIG_KEYS_OF_PART = {"audio_tower": ("audio_encoder", "frontend"), "text_tower": ("text_encoder",),
+                       "metadata_tower": ("separate_metadata_encoder", "text_encoder"),
+                       "text_proj": ("embed_dim", "projection"),
+                       "item_encoder": ("fusion", "fusion_options", "metadata", "embed_dim", "projection"),
+                       "log_logit_scale": ("learn_temperature",)}
 
 
 @dataclass
@@ -92,12 +100,12 @@ def save_checkpoint(directory: str | Path, model: RetrievalModel, train_config: 
     config = {"model": model.config.to_dict(), "train": train_config, "epoch": state.epoch, "step": state.step,
               "metrics": metrics or {}, "frozen_towers": fingerprints}
     with atomic_directory(directory) as tmp:
-        save_file(weights, str(tmp / "model.safetensors"))
+        write_safetensors(weights, tmp / "model.safetensors", target=directory)
         (tmp / "config.json").write_text(json.dumps(config, indent=1))
         if state.optimizer is not None:
             tensors, meta = _flatten_optimizer(state.optimizer)
             tensors.update({f"rng.{k}": v for k, v in (state.rng or {}).items()})
-            save_file(tensors, str(tmp / "optimizer.safetensors"))
+            write_safetensors(tensors, tmp / "optimizer.safetensors", target=directory)
             (tmp / "trainer.json").write_text(json.dumps({"optimizer": meta, "scheduler": state.scheduler}))
     with atomic_path(directory.parent / "latest.json") as pointer:
         pointer.write_text(json.dumps({"checkpoint": directory.name, "epoch": state.epoch}))
@@ -128,9 +136,43 @@ def find_checkpoint(path: str | Path) -> Path:
     for folder in (path, path / "checkpoints"):
         pointer = folder / "latest.json"
         if pointer.is_file():
-            return folder / json.loads(pointer.read_text())["checkpoint"]
+            name = read_json_object(pointer).get("checkpoint")
+            if not isinstance(name, str) or not name or Path(name).name != name:
+                raise BadInputError(f"{pointer} does not name a checkpoint folder beside it (found {name!r})")
+            return folder / name
     raise NotFoundError(f"no checkpoint found at {path} (expected a checkpoint directory with config.json "
                             f"and model.safetensors, or a folder with checkpoints/latest.json)")
+
+
+def read_checkpoint_config(directory: Path) -> tuple[dict, ModelConfig]:
+    """config.json of a checkpoint and its model config, checked: BadInputError naming the file and
+    the key when it is not JSON, lacks a section or holds a value of the wrong type."""
+    path = directory / "config.json"
+    config = read_json_object(path, "checkpoint config")
+    for section, kind in (("model", dict), ("train", dict), ("frozen_towers", dict), ("epoch", int), ("step", int)):
+        if section in config and not isinstance(config[section], kind):
+            raise BadInputError(f"{path}: {section!r} must be a JSON {'object' if kind is dict else 'integer'}, "
+                                f"not {config[section]!r}")
+    if "model" not in config:
+        raise BadInputError(f"{path} has no 'model' section (the model config); is it a checkpoint's config.json?")
+    unknown = sorted(set(config.get("frozen_towers", {})) - set(FROZEN_PREFIXES))
+    if unknown:
+        raise BadInputError(f"{path}: unknown frozen tower(s) {unknown}; known: {sorted(FROZEN_PREFIXES)}")
+    try:
+        model_config = ModelConfig.from_dict(config["model"])
+    except BadInputError as exc:
+        raise BadInputError(f"{path}: {exc}") from exc
+    return config, model_config
+
+
+def _check_fit(directory: Path, model: RetrievalModel, weights: dict[str, torch.Tensor], skip: tuple[str, ...]) -> None:
+    misfit = find_misfit(model.state_dict(), weights, skip)
+    if misfit is None:
+        return
+    keys = CONFIG_KEYS_OF_PART.get(misfit.tensor.split(".")[0], ())
+    shaped_by = ", ".join(f"{key}={getattr(model.config, key)!r}" for key in keys)
+    raise IncompatibleModelError(f"checkpoint {directory}: model.safetensors does not fit its config.json: {misfit}"
+                                 + (f"; config.json's model section shapes it with {shaped_by}" if keys else ""))
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
@@ -138,12 +180,14 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
     """Rebuild the model of a checkpoint; returns (model, config.json contents).
 
     Frozen towers are rebuilt from their pretrained sources and must match the recorded
-    fingerprint, so a checkpoint is never silently combined with different tower weights.
+    fingerprint, so a checkpoint is never silently combined with different tower weights. A
+    damaged or inconsistent checkpoint (config.json, model.safetensors, weights that do not fit
+    the config) is refused naming the file and what is wrong.
     """
     directory = find_checkpoint(path)
-    config = json.loads((directory / "config.json").read_text())
+    config, model_config = read_checkpoint_config(directory)
     frozen = config.get("frozen_towers", {})
-    model_config = ModelConfig.from_dict(config["model"])
+    weights = read_safetensors(directory / "model.safetensors")
     train = config.get("train", {})
     model = create_model(model_config, pretrained="audio" in frozen or bool(train.get("audio_pretrained", False)),
                          audio_weights=audio_weights or train.get("audio_weights"))
@@ -153,24 +197,34 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
         if actual != recorded:
             raise IncompatibleModelError(f"checkpoint {directory} was trained with a frozen {name} tower {recorded} but the "
                              f"tower rebuilt here differs ({actual}); point to the same pretrained weights")
-    weights = load_file(str(directory / "model.safetensors"))
-    missing, unexpected = model.load_state_dict(weights, strict=False)
     skip = tuple(FROZEN_PREFIXES[name] for name in frozen)
-    missing = [k for k in missing if not k.startswith(skip)]
-    if missing or unexpected:
-        raise BadInputError(f"checkpoint {directory} does not fit its model config: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}")
+    _check_fit(directory, model, weights, skip)
+    model.load_state_dict(weights, strict=False)
     model.freeze(audio="audio" in frozen, text="text" in frozen)
     return model.to(device), config
 
 
-def load_training_state(path: str | Path) -> TrainingState:
+def check_resumable(path: str | Path) -> Path:
+    """The checkpoint a run can be resumed from (`--resume PATH`), checked before a run starts:
+    NotFoundError naming PATH when there is none or it holds no optimizer state."""
     directory = find_checkpoint(path)
-    config = json.loads((directory / "config.json").read_text())
     if not (directory / "optimizer.safetensors").is_file():
         raise NotFoundError(f"checkpoint {directory} holds no optimizer state; it cannot be resumed")
-    tensors = load_file(str(directory / "optimizer.safetensors"))
-    trainer = json.loads((directory / "trainer.json").read_text())
-    rng = {k[len("rng."):]: v for k, v in tensors.items() if k.startswith("rng.")}
-    opt = _unflatten_optimizer({k: v for k, v in tensors.items() if not k.startswith("rng.")}, trainer["optimizer"])
-    return TrainingState(config["epoch"], config["step"], opt, trainer["scheduler"], rng)
+    return directory
+
+
+def load_training_state(path: str | Path) -> TrainingState:
+    """The optimizer, scheduler and RNG state of a checkpoint, to resume it (NotFoundError if it
+    holds none, BadInputError naming the file if it is damaged)."""
+    directory = check_resumable(path)
+    config, _ = read_checkpoint_config(directory)
+    tensors = read_safetensors(directory / "optimizer.safetensors")
+    trainer = read_json_object(directory / "trainer.json", "trainer state")
+    try:
+        rng = {k[len("rng."):]: v for k, v in tensors.items() if k.startswith("rng.")}
+        opt = _unflatten_optimizer({k: v for k, v in tensors.items() if not k.startswith("rng.")},
+                                   trainer["optimizer"])
+        return TrainingState(config["epoch"], config["step"], opt, trainer["scheduler"], rng)
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
+        raise BadInputError(f"checkpoint {directory}: its training state (config.json, trainer.json, "
+                            f"optimizer.safetensors) is incomplete or damaged ({exc!r})") from exc

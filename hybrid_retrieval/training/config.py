@@ -99,6 +99,6 @@ def split_config(flat: dict) -> tuple[ModelConfig, TrainConfig]:
     """Split a flat experiment config into (ModelConfig, TrainConfig); unknown keys are an error.
     Model keys left unset come from the base model config named by `model`."""
     model_part, train_part = partition_keys(flat, ModelConfig, TrainConfig)
-    train = TrainConfig(**train_part)
+    train = TrainConfig.from_dict(train_part)
     model = ModelConfig.from_dict({**get_model_config(train.model).to_dict(), **model_part})
     return model, train

@@ -24,6 +24,7 @@ from hybrid_retrieval.data.items import CatalogueItem, caption_pairs
 from hybrid_retrieval.data.registry import load_split
 from hybrid_retrieval.errors import BadInputError
 from hybrid_retrieval.evaluation import evaluate
+from hybrid_retrieval.hub import remove_orphans, save_or_rescue
 from hybrid_retrieval.losses import ContrastiveLoss
 from hybrid_retrieval.model import ModelConfig, RetrievalModel, create_model
 from hybrid_retrieval.training.checkpoint import (
@@ -158,6 +159,7 @@ def build_model(model_config: ModelConfig, cfg: TrainConfig) -> RetrievalModel:
 def resume_model(cfg: TrainConfig) -> tuple[RetrievalModel, TrainingState]:
     """The model and training state of the checkpoint `cfg.resume` names, frozen as `cfg` asks."""
     checkpoint = find_checkpoint(cfg.resume)
+    remove_orphans(checkpoint.parent)  # what a kill of that run left half-written
     model, saved = load_checkpoint(checkpoint, audio_weights=cfg.audio_weights)
     state = load_training_state(checkpoint)
     pretrained_audio = "audio" in frozen_towers(saved) or saved["train"].get("audio_pretrained", False)
@@ -278,6 +280,7 @@ def train(model_config: ModelConfig, cfg: TrainConfig, run_dir: str | Path) -> d
                      t2a["mAP@10"], t2a["R@1"], t2a["R@10"])
         if rank == 0:
             state.optimizer, state.scheduler, state.rng = optimizer.state_dict(), scheduler.state_dict(), rng_state()
-            checkpoint_path = save_checkpoint(run_dir / "checkpoints" / f"epoch-{state.epoch:04d}", model,
-                                              cfg.to_dict(), state, metrics=metrics)
+            checkpoint_path = run_dir / "checkpoints" / f"epoch-{state.epoch:04d}"
+            save_or_rescue(lambda path: save_checkpoint(path, model, cfg.to_dict(), state, metrics=metrics),
+                           checkpoint_path, f"the checkpoint of epoch {state.epoch}")
     return {"val": metrics, "checkpoint": str(checkpoint_path) if checkpoint_path else None}

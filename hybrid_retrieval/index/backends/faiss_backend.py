@@ -25,6 +25,8 @@ faiss = optional_import("faiss", "faiss", "approximate search (a FAISS index)")
 log = logging.getLogger("hybrid_retrieval")
 
 APPROXIMATE_KINDS = ("ivf", "hnsw")
+# What build_approximate records (and `index info` prints) of an approximate index.
+SETTINGS = {"kind", "factory", "parameter", "value", "recall@10", "target_recall", "recall_queries"}
 _ADD_CHUNK = 1 << 16  # vectors added to a FAISS index per progress-bar step
 
 
@@ -141,7 +143,19 @@ class FaissBackend:
 
     @classmethod
     def load(cls, settings: dict, tensors: dict[str, Tensor], embeddings: Tensor) -> FaissBackend:
+        """The saved FAISS index; a damaged blob, or one that does not fit the embeddings, is a
+        BadInputError."""
+        missing = sorted(SETTINGS - set(settings))
+        if missing:
+            raise BadInputError(f"its FAISS search settings lack {missing}")
         backend = cls()
-        backend.index = faiss.deserialize_index(tensors["faiss"].numpy())
+        try:
+            backend.index = faiss.deserialize_index(tensors["faiss"].numpy())
+        except RuntimeError as exc:  # faiss reports an unreadable blob as a RuntimeError
+            raise BadInputError(f"its FAISS index cannot be read ({str(exc).splitlines()[0]})") from exc
         backend.settings, backend.rows = settings, tensors["faiss_rows"]
+        live = int((backend.rows >= 0).sum())
+        if backend.index.d != embeddings.shape[1] or backend.index.ntotal != live:
+            raise BadInputError(f"its FAISS index holds {backend.index.ntotal} vectors of {backend.index.d} dimensions, "
+                                f"but the index has {live} items of {embeddings.shape[1]} dimensions")
         return backend

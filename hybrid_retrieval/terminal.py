@@ -1,0 +1,83 @@
+"""What the command line reads and prints: checked argument values, and names made safe to print.
+
+File names come from disks and CSVs that anyone may have written: a name holding terminal escape
+sequences would recolour, retitle or clear the user's terminal if printed raw, so text output and
+error lines print such characters escaped (`\\x1b`). JSON output is escaped by json.dumps.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from pathlib import Path
+
+from hybrid_retrieval.errors import BadInputError, NotFoundError
+
+
+def printable(text: object) -> str:
+    """`text` with every non-printable character (controls, escapes, line breaks) written as a
+    Python escape, so that it prints as one inert line; printable text (any script) is unchanged."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+def at_least_one(value: str) -> int:
+    """argparse type of counts such as --top: an integer of at least 1."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {number}")
+    return number
+
+
+def _number(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {value!r}")
+    return number
+
+
+def positive_number(value: str) -> float:
+    """argparse type of lengths such as --window-seconds: a finite number above 0."""
+    number = _number(value)
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, not {value}")
+    return number
+
+
+def recall(value: str) -> float:
+    """argparse type of a target recall: a number above 0 and at most 1."""
+    number = _number(value)
+    if not 0 < number <= 1:
+        raise argparse.ArgumentTypeError(f"must be above 0 and at most 1, not {value}")
+    return number
+
+
+def readable_file(path: str | Path, what: str = "file") -> Path:
+    """`path` if it is a file that can be opened; otherwise one BadInputError (NotFoundError when
+    missing) naming it and why: a symlink loop, a folder, no permission."""
+    path = Path(path)
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        raise NotFoundError(f"{what} not found: {printable(path)}") from None
+    except OSError as exc:  # ELOOP (a symlink loop), ENAMETOOLONG, EACCES on a parent, ...
+        raise BadInputError(f"{what} {printable(path)} cannot be opened: {exc.strerror}") from exc
+    if not path.is_file():
+        raise BadInputError(f"{what} {printable(path)} is not a file")
+    return path
+
+
+def check_queries(queries: list[str]) -> list[str]:
+    """Refuse empty or whitespace-only text queries, naming which."""
+    for number, query in enumerate(queries, 1):
+        if not query.strip():
+            raise BadInputError(f"query {number} of {len(queries)} is empty ({query!r}); give some words to search for")
+    return queries
