@@ -29,7 +29,8 @@ from torch import Tensor
 
 from hybrid_retrieval.data.items import CatalogueItem
 from hybrid_retrieval.errors import BadInputError, NotFoundError
-from hybrid_retrieval.hub import atomic_path
+from hybrid_retrieval.hub import atomic_path, check_writable
+from hybrid_retrieval.terminal import at_least_one
 
 if TYPE_CHECKING:
     from hybrid_retrieval.model import RetrievalModel
@@ -108,7 +109,7 @@ def add_predict_command(sub: argparse._SubParsersAction) -> None:
     predict.add_argument("--audio", required=True, help="folder of the audio files to rank (searched recursively)")
     predict.add_argument("--queries", required=True, help="UTF-8 CSV with a caption (or query) column")
     predict.add_argument("--out", required=True, help="CSV to write: caption,fname_1,...,fname_k")
-    predict.add_argument("--top", type=int, default=16, help="file names per query (default 16)")
+    predict.add_argument("--top", type=at_least_one, default=16, help="file names per query (default 16)")
     predict.add_argument("--scores", default=None, help="also write every score: CSV caption,<file names...>")
     predict.add_argument("--metadata", default=None,
                          help="metadata CSV for hybrid checkpoints (Clotho layout: file_name and any of keywords, "
@@ -122,8 +123,8 @@ def _predict(args: argparse.Namespace) -> int:
     from hybrid_retrieval.index.cli import open_checkpoint
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.top < 1:
-        raise BadInputError(f"--top must be at least 1, not {args.top}")
+    for output in filter(None, (args.out, args.scores)):
+        check_writable(output)  # before any work
     if not Path(args.audio).is_dir():
         raise NotFoundError(f"audio folder not found: {args.audio}")
     queries = read_queries(args.queries)

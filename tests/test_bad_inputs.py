@@ -201,6 +201,13 @@ def _build(w: World, t: Path, *extra: str, source: Path | str | None = None,
     return ["index", "build", str(source or w.clips), "--checkpoint", str(checkpoint or w.run), *out, *extra]
 
 
+def _predict(w: World, t: Path, *extra: str) -> list[str]:
+    queries = t / "queries.csv"
+    queries.write_text("caption\na low hum\n", encoding="utf-8")
+    out = [] if "--out" in extra else ["--out", str(t / "p.csv")]
+    return ["predict", "--checkpoint", str(w.run), "--audio", str(w.clips), "--queries", str(queries), *out, *extra]
+
+
 def _similar(w: World, *extra: str, query: Path | None = None, catalog: Path | None = None,
              checkpoint: Path | None = None) -> list[str]:
     return ["similar", str(query or w.clips / "low.wav"), "--catalog", str(catalog or w.clips),
@@ -324,6 +331,11 @@ CASES = [
     Case("info corrupt FAISS blob", lambda w, t: ["index", "info", str(faiss_index_with_damaged_blob(w, t))], 2,
          ("{tmp}/faiss.index is a damaged index", "FAISS index cannot be read")),
     # ---- search: arguments and queries
+    Case("predict top 0", lambda w, t: _predict(w, t, "--top", "0"), 2, ("--top", "not 0")),
+    Case("predict out in a missing folder", lambda w, t: _predict(w, t, "--out", str(t / "no" / "p.csv")), 2,
+         ("{tmp}/no",), also=_nothing_written("p.csv")),
+    Case("predict scores in a read-only folder", lambda w, t: _predict(w, t, "--scores", str(t / "ro" / "s.csv")), 2,
+         ("{tmp}/ro",), locked="ro", also=_nothing_written("p.csv")),
     Case("search top 0", lambda w, t: ["search", str(w.index), "rain", "--top", "0"], 2, ("--top", "not 0")),
     Case("search top negative", lambda w, t: ["search", str(w.index), "rain", "--top", "-1"], 2, ("--top", "not -1")),
     Case("search empty query", lambda w, t: ["search", str(w.index), "rain", ""], 2, ("query 2 of 2 is empty",)),
