@@ -157,3 +157,18 @@ def test_copied_tree_is_a_new_cache_entry(tmp_path: Path, wavcaps_root: Path) ->
     entries.write_text(json.dumps({"data": [dict(WAVCAPS_ENTRIES["SoundBible"][0], caption="Another bell.")]}))
     assert load_wavcaps(wavcaps_root, "SoundBible", require_audio=False)[0].captions == ["Someone is ringing a bell."]
     assert load_wavcaps(copy, "SoundBible", require_audio=False)[0].captions == ["Another bell."]
+
+
+def test_ids_that_leave_the_audio_folder_are_refused(tmp_path: Path, datasets_cache: Path) -> None:
+    import json
+
+    from hybrid_retrieval.data.wavcaps import load_wavcaps
+    from hybrid_retrieval.errors import BadInputError
+
+    base = write_wavcaps(tmp_path / "wc")
+    path = base / "json_files" / "SoundBible" / "sb_final.json"
+    table = json.loads(path.read_text())
+    table["data"][0]["id"] = "../../../etc/passwd"
+    path.write_text(json.dumps(table))
+    with pytest.raises(BadInputError, match="leaves the dataset folder"):
+        load_wavcaps(tmp_path / "wc", "SoundBible", require_audio=False)

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hybrid_retrieval.data.clotho import drop_missing_audio
-from hybrid_retrieval.data.items import CatalogueItem
+from hybrid_retrieval.data.items import CatalogueItem, safe_file_name
 from hybrid_retrieval.data.spec import DatasetSpec
 from hybrid_retrieval.deps import optional_import
 from hybrid_retrieval.errors import BadInputError, NotFoundError
@@ -101,7 +101,7 @@ def _source_items(base: Path, source: str) -> tuple[list[CatalogueItem], Path]:
     items = []
     for clip_id, caption, description, clip_tags in zip(table["id"], table["caption"], descriptions, tags):
         clip_id = str(clip_id)
-        name = _audio_name(source, clip_id)
+        name = safe_file_name(_audio_name(source, clip_id), str(json_path))
         items.append(CatalogueItem(
             item_id=f"{source}/{name}",
             audio_path=audio_dir / name,
