@@ -42,7 +42,8 @@ def add_index_commands(sub: argparse._SubParsersAction) -> None:
                             "recall on (default: the dataset's captions, else catalogue items as queries)")
     build.add_argument("--cache-dir", default=None, help="feature cache of the towers' outputs (reused by rebuilds)")
     build.add_argument("--window-seconds", type=float, default=None,
-                       help="embed long clips as the mean of windows of this length")
+                       help="embed longer clips as the mean of windows of this length, read one at a time "
+                            "(default: the audio model's training clip length, 10 s; 0: whole clips)")
     build.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     build.set_defaults(func=_build)
 
@@ -87,6 +88,7 @@ def _build(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     model, checkpoint = open_checkpoint(args.checkpoint, args.device)
+    window_seconds = model.audio_tower.default_window_seconds if args.window_seconds is None else args.window_seconds
     items = load_catalogue(args.source, args.metadata)
     recall_queries = read_lines(args.recall_queries) if args.recall_queries else None
     if args.metadata and not model.uses_metadata:
@@ -94,7 +96,7 @@ def _build(args: argparse.Namespace) -> int:
               file=sys.stderr)
     index = build_index(model, items, checkpoint, source=args.source, approximate=args.approximate,
                         target_recall=args.target_recall, recall_queries=recall_queries, cache_dir=args.cache_dir,
-                        window_seconds=args.window_seconds)
+                        window_seconds=window_seconds or None)
     save_index(index, args.out)
     print(f"indexed {len(index)} items ({index.info['dim']}-d) from {args.source} with {checkpoint['path']} "
           f"-> {args.out}")

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from hybrid_retrieval import distributed as dist_utils
 from hybrid_retrieval.audio.pretrained import WeightsNotFoundError
+from hybrid_retrieval.data.catalogue import usable_items
 from hybrid_retrieval.data.items import CatalogueItem, caption_pairs
 from hybrid_retrieval.data.registry import load_split
 from hybrid_retrieval.errors import BadInputError
@@ -133,7 +134,9 @@ class TrainingData:
 
 def training_data(model: RetrievalModel, cfg: TrainConfig, items: list[CatalogueItem], cache_dir: str | None,
                   rank: int = 0, world: int = 1, progress: bool = True) -> TrainingData:
-    """Pairs of `items`, their features (cached tower outputs of frozen towers) and the loader."""
+    """Pairs of `items` whose audio can be used (the others dropped with a count), their features
+    (cached tower outputs of frozen towers) and the loader."""
+    items = usable_items(items, f"training clips of {cfg.dataset}/{cfg.train_split}")
     owners, captions = caption_pairs(items)
     if not owners:
         raise BadInputError(f"no training pairs in {cfg.dataset}/{cfg.train_split} under {cfg.data_root}")
@@ -191,7 +194,8 @@ def train(model_config: ModelConfig, cfg: TrainConfig, run_dir: str | Path) -> d
         model, state = build_model(model_config, cfg), TrainingState(epoch=0, step=0)
     model.to(device)
 
-    train_items, val_items = load_items(cfg, cfg.train_split), load_items(cfg, cfg.val_split)
+    train_items = load_items(cfg, cfg.train_split)
+    val_items = usable_items(load_items(cfg, cfg.val_split), f"validation clips of {cfg.dataset}/{cfg.val_split}")
     data = training_data(model, cfg, train_items, cfg.cache_dir, rank, world, progress=cfg.progress and rank == 0)
     optimizer, scheduler = optimizer_and_schedule(model, cfg, len(data.sampler))
     if state.optimizer is not None:
