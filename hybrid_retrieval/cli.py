@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import torch
 
-from hybrid_retrieval.audio.io import AudioLoadError, load_audio
+from hybrid_retrieval.audio.io import AudioLoadError
 from hybrid_retrieval.audio.tower import audioset_labels, create_audio_tower
 from hybrid_retrieval.disentangled.cli import add_similar_command
 from hybrid_retrieval.errors import run_reporting_errors
@@ -18,17 +18,20 @@ from hybrid_retrieval.terminal import at_least_one
 
 
 def _tag(args: argparse.Namespace) -> int:
+    from hybrid_retrieval.embedding import embed_audio_files
+
     tower = create_audio_tower(f"efficientat:{args.model}", pretrained=True, weights=args.weights)
+    window_seconds = tower.default_window_seconds if args.window_seconds is None else args.window_seconds
+    runner = tower.inference_copy()
     labels = audioset_labels()
     failed = 0
-    for path in args.files:
-        try:
-            wave = load_audio(path)
-        except AudioLoadError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+    for path in args.files:  # one at a time: a file's labels are printed as soon as it is done
+        out = embed_audio_files(tower, [path], window_seconds=window_seconds, runner=runner)[0]
+        if isinstance(out, AudioLoadError):
+            print(f"error: {out}", file=sys.stderr)
             failed += 1
             continue
-        logits = tower.embed_waveforms([wave])[0].logits[0]
+        logits = out.logits[0]
         probs = torch.sigmoid(logits)
         top = [(labels[i], round(float(probs[i]), 6)) for i in torch.argsort(probs, descending=True)[: args.top]]
         if args.json:
@@ -37,6 +40,9 @@ def _tag(args: argparse.Namespace) -> int:
             print(path)
             for label, prob in top:
                 print(f"  {prob:7.3f}  {label}")
+    if failed:
+        print(f"tagged {len(args.files) - failed} of {len(args.files)} files; {failed} could not be read",
+              file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -47,6 +53,9 @@ def add_tag_command(sub: argparse._SubParsersAction) -> None:
     tag.add_argument("--weights", default=None, help="explicit path of the model's .pt weights")
     tag.add_argument("--top", type=at_least_one, default=10, help="number of labels to show (default: 10)")
     tag.add_argument("--json", action="store_true", help="one JSON object per file and line")
+    tag.add_argument("--window-seconds", type=float, default=None,
+                     help="files longer than this are read and tagged window by window, their logits averaged "
+                          "(default: the model's training clip length, 10 s; 0: whole files in one pass)")
     tag.set_defaults(func=_tag)
 
 

@@ -5,20 +5,25 @@ evaluation and the search index; the heads (projections, fusion) are cheap and a
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from hybrid_retrieval.audio.io import load_audio
-from hybrid_retrieval.audio.tower import AudioTower
+from hybrid_retrieval.audio.io import AudioLoadError, audio_windows
+from hybrid_retrieval.audio.tower import AudioTower, merge_windows
 from hybrid_retrieval.cache import FeatureCache, audio_key
+from hybrid_retrieval.errors import BadInputError
 from hybrid_retrieval.model import RetrievalModel, metadata_present
 from hybrid_retrieval.modes import eval_mode
 from hybrid_retrieval.outputs import TowerOutput
 from hybrid_retrieval.text.tower import TextTower
+
+log = logging.getLogger("hybrid_retrieval")
 
 
 def audio_cache(tower: AudioTower, cache_dir: str | Path | FeatureCache | None,
@@ -38,20 +43,58 @@ def text_cache(tower: TextTower, cache_dir: str | Path | FeatureCache | None,
     return FeatureCache(cache_dir, {"kind": "text", "keep_tokens": keep_tokens, **tower.fingerprint()})
 
 
+def embed_audio_files(tower: AudioTower, paths: Sequence[str | Path], batch_size: int = 32,
+                      window_seconds: float | None = None,
+                      runner: torch.nn.Module | None = None) -> list[TowerOutput | AudioLoadError]:
+    """Tower outputs of audio files, or the AudioLoadError (naming the file) of each file that
+    cannot be used; the other files are embedded all the same. With `window_seconds`, a longer
+    file is read window by window (`io.audio_windows`) and its windows' outputs merged, so memory
+    holds a window and the outputs, not the file."""
+    window = tower.window_samples(window_seconds)
+    failures: dict[int, AudioLoadError] = {}
+
+    def pieces() -> Iterator[tuple[int, np.ndarray]]:
+        for i, path in enumerate(paths):
+            try:
+                for piece in audio_windows(path, window, tower.sample_rate):
+                    yield i, piece
+            except AudioLoadError as exc:
+                failures[i] = exc
+
+    per_file = tower.embed_windows(pieces(), len(paths), batch_size, runner=runner)
+    return [failures[i] if i in failures else merge_windows(outs) for i, outs in enumerate(per_file)]
+
+
 def audio_outputs(tower: AudioTower, paths: Sequence[str | Path], cache_dir: str | Path | FeatureCache | None = None,
                   batch_size: int = 32, window_seconds: float | None = None,
-                  progress: bool = True) -> list[TowerOutput]:
+                  progress: bool = True) -> list[TowerOutput | None]:
     """Tower outputs of audio files (whole clips, or averaged windows), through the cache if given
-    (a folder, or a cache opened by audio_cache with the same window_seconds)."""
+    (a folder, or a cache opened by audio_cache with the same window_seconds). A file that cannot
+    be used (missing, not audio, empty, no finite sample) gets None and one warning naming it;
+    the others are computed and cached all the same (see `embed_audio_files`)."""
 
-    def compute(positions: Sequence[int]) -> list[TowerOutput]:
-        waves = [load_audio(paths[i]) for i in positions]
-        return tower.embed_waveforms(waves, batch_size=batch_size, window_seconds=window_seconds)
+    def compute(positions: Sequence[int]) -> list[TowerOutput | None]:
+        outputs = embed_audio_files(tower, [paths[i] for i in positions], batch_size, window_seconds)
+        for out in outputs:
+            if isinstance(out, AudioLoadError):
+                log.warning("skipping: %s", out)
+        return [None if isinstance(out, AudioLoadError) else out for out in outputs]
 
     cache = audio_cache(tower, cache_dir, window_seconds)
     if cache is None:
         return compute(range(len(paths)))
     return cache.get_or_compute("audio", [audio_key(p) for p in paths], compute, progress=progress)
+
+
+def require_outputs(outputs: Sequence[TowerOutput | None], paths: Sequence[str | Path]) -> list[TowerOutput]:
+    """`outputs` of `audio_outputs` for callers that need every file: BadInputError naming the
+    files that could not be used (their warnings say why; the other files stay cached). Callers
+    that load catalogues or training data drop such files first (`data.catalogue.usable_items`)."""
+    unusable = [str(path) for path, out in zip(paths, outputs, strict=True) if out is None]
+    if unusable:
+        raise BadInputError(f"{len(unusable)} audio file(s) cannot be embedded: {', '.join(unusable[:3])}"
+                            f"{' ...' if len(unusable) > 3 else ''}")
+    return list(outputs)  # type: ignore[arg-type]
 
 
 def text_outputs(tower: TextTower, texts: Sequence[str], cache_dir: str | Path | FeatureCache | None = None,
@@ -107,6 +150,8 @@ def embed_catalogue(model: RetrievalModel, paths: Sequence[str | Path], metadata
                     cache_dir: str | Path | None = None, window_seconds: float | None = None,
                     progress: bool = True, chunk_size: int = 256) -> Tensor:
     """Normalised item embeddings of audio files (fused with their metadata for hybrid models).
+    A file that cannot be used raises BadInputError naming it (the files before it stay cached);
+    catalogues and training data check their files first (`io.usable_audio`).
 
     Items go through the towers and the heads `chunk_size` at a time, so memory holds one
     chunk's audio and tower outputs besides the (n, d) result, whatever the catalogue's size;
@@ -132,8 +177,8 @@ def _embed_catalogue(model: RetrievalModel, paths: Sequence[str | Path], metadat
             chunk = slice(start, start + chunk_size)
             audio = meta = present = None
             if model.item_encoder.uses_audio:
-                audio = audio_outputs(model.audio_tower, paths[chunk], audio_store, window_seconds=window_seconds,
-                                      progress=False)
+                audio = require_outputs(audio_outputs(model.audio_tower, paths[chunk], audio_store,
+                                                      window_seconds=window_seconds, progress=False), paths[chunk])
             if texts is not None:
                 meta = text_outputs(metadata_tower, texts[chunk], text_store, keep_tokens=True, progress=False)
                 present = metadata_present(texts[chunk])

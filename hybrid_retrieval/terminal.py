@@ -52,6 +52,14 @@ def positive_number(value: str) -> float:
     return number
 
 
+def window_length(value: str) -> float:
+    """argparse type of --window-seconds: a finite number of at least 0 (0: whole clips)."""
+    number = _number(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0 (0: whole clips), not {value}")
+    return number
+
+
 def recall(value: str) -> float:
     """argparse type of a target recall: a number above 0 and at most 1."""
     number = _number(value)

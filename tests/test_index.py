@@ -219,3 +219,33 @@ def test_add_and_remove_keep_rows_and_results_right(backend: str) -> None:
         index.add(full.embeddings[:1], ["item1"], ["item1"], [""])
     with pytest.raises(BadInputError, match="not in the index"):
         index.remove(["item0"])
+
+
+def test_index_build_windows_long_clips_and_skips_bad_files(tmp_path: Path, offline_weights: Path,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    torch.manual_seed(0)
+    model = create_model("mn04_minilm", embed_dim=32).eval()
+    checkpoint = _export(model, tmp_path / "model")
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    sf.write(folder / "long.wav", (0.1 * rng.standard_normal(int(SR * 25.3))).astype(np.float32), SR)
+    sf.write(folder / "ten.wav", (0.1 * rng.standard_normal(SR * 10)).astype(np.float32), SR)
+    sf.write(folder / "one sample.wav", np.array([0.2], dtype=np.float32), SR)
+    sf.write(folder / "nan.wav", np.full(SR, np.nan, dtype=np.float32), SR, subtype="FLOAT")
+    (folder / "readme.mp3").write_text("not a song\n" * 10)
+    rows = {}
+    for option, window in ((None, 10.0), ("0", None), ("4", 4.0)):
+        out = tmp_path / f"index-{option}.index"
+        extra = [] if option is None else ["--window-seconds", option]
+        assert main(["index", "build", str(folder), "--checkpoint", str(checkpoint), "--out", str(out), *extra]) == 0
+        assert "indexed 3 items" in capsys.readouterr().out  # nan.wav and readme.mp3 skipped
+        index = load_index(out)
+        assert sorted(index.ids) == ["long.wav", "one sample.wav", "ten.wav"]
+        assert index.info["embedding"]["window_seconds"] == window
+        expected = embed_catalogue(model, index.paths, None, window_seconds=window, progress=False)
+        torch.testing.assert_close(index.embeddings, expected, atol=1e-6, rtol=0)
+        rows[window] = {item: index.embeddings[i] for i, item in enumerate(index.ids)}
+    assert (rows[10.0]["long.wav"] - rows[None]["long.wav"]).abs().max() > 1e-3  # the long clip was windowed
+    # a 10-s clip is one window, unchanged (up to float rounding: here it shares a batch with the long clip's windows)
+    torch.testing.assert_close(rows[10.0]["ten.wav"], rows[None]["ten.wav"], atol=1e-6, rtol=0)

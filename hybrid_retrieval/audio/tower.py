@@ -3,13 +3,14 @@
 `create_audio_tower("efficientat:mn10_as" | "timm:resnet50" | "timm:ast", ...)` builds one.
 Clips of different lengths are embedded by `embed_waveforms`, which runs equal-length clips
 together (zero-padding a CNN's input would change the clip's own embedding), and long clips
-can be cut into windows whose embeddings are averaged.
+can be cut into windows whose embeddings are averaged; `embed_windows` takes the windows as a
+stream, so a long recording can be read and embedded window by window.
 """
 from __future__ import annotations
 
 import copy
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from importlib import resources
 
 import numpy as np
@@ -18,6 +19,7 @@ from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from hybrid_retrieval.audio.frontend import FrontendConfig, LogMelFrontend
+from hybrid_retrieval.audio.io import window_starts
 from hybrid_retrieval.errors import BadInputError
 from hybrid_retrieval.fingerprint import module_state_hash
 from hybrid_retrieval.lazy import import_object
@@ -26,6 +28,8 @@ from hybrid_retrieval.outputs import TowerOutput
 # Audio per forward pass on a CPU: 4 clips of 10 s at 32 kHz; larger passes ran slower per clip,
 # their activations no longer fitting the caches (BENCHMARKS.md, "Audio embedding throughput").
 CPU_FORWARD_SAMPLES = 4 * 10 * 32_000
+# The clip length of AudioSet, which the audio families' released weights were trained on.
+AUDIOSET_CLIP_SECONDS = 10.0
 
 
 @functools.cache
@@ -37,13 +41,19 @@ def audioset_labels() -> tuple[str, ...]:
 
 
 class AudioTower(nn.Module):
-    """Front end and backbone; `spec` names the architecture (e.g. "efficientat:mn04_as")."""
+    """Front end and backbone; `spec` names the architecture (e.g. "efficientat:mn04_as").
+
+    `default_window_seconds`: the window length `tag` and `index build` cut longer files into
+    (each window read and embedded in turn, so memory does not grow with the file), by default
+    the clip length the weights were trained on.
+    """
 
     def __init__(self, spec: str, backbone: nn.Module, frontend: LogMelFrontend | None = None,
-                 pretrained: bool = False) -> None:
+                 pretrained: bool = False, default_window_seconds: float = AUDIOSET_CLIP_SECONDS) -> None:
         super().__init__()
         self.spec = spec
         self.pretrained = pretrained  # holds pretrained weights (not a random initialisation)
+        self.default_window_seconds = default_window_seconds
         self.frontend = frontend or LogMelFrontend()
         self.backbone = backbone
         self.embed_dim: int = backbone.embed_dim
@@ -73,6 +83,16 @@ class AudioTower(nn.Module):
         _fold_batch_norms(runner)
         return runner.to(memory_format=torch.channels_last)
 
+    @property
+    def min_samples(self) -> int:
+        """The shortest clip the tower embeds as it is; shorter ones (down to one sample) are
+        zero-padded at the end to this length. Decided here, once, for every path that embeds
+        audio (tag, index build, catalogues, cached features): the front end's centred STFT pads
+        each side by reflection, which needs more than n_fft // 2 samples after pre-emphasis
+        drops one, and a clip this short holds too little sound to refuse it for, as training
+        crops also pad short clips."""
+        return self.frontend.config.n_fft // 2 + 2
+
     @torch.inference_mode()
     def embed_waveforms(self, waveforms: Sequence[np.ndarray | Tensor], batch_size: int = 32,
                         window_seconds: float | None = None, *, max_forward_samples: int | None = None,
@@ -81,40 +101,73 @@ class AudioTower(nn.Module):
 
         Clips are grouped by exact length and run `batch_size` at a time, so a clip's embedding
         does not depend on what else is in the batch. With `window_seconds`, a longer clip is cut
-        into windows (the last one aligned to the clip's end): tokens are concatenated, the
-        embedding and logits averaged. A forward pass holds at most `max_forward_samples` of audio
-        whatever `batch_size` (default: CPU_FORWARD_SAMPLES on a CPU, no cap on a GPU). The
-        forward passes run on `runner` (default: `inference_copy()`).
+        into windows (io.window_starts: the last one aligned to the clip's end): tokens are
+        concatenated, the embedding and logits averaged. Clips shorter than `min_samples` are
+        padded to it. A forward pass holds at most `max_forward_samples` of audio whatever
+        `batch_size` (default: CPU_FORWARD_SAMPLES on a CPU, no cap on a GPU). The forward passes
+        run on `runner` (default: `inference_copy()`).
+        """
+        window = self.window_samples(window_seconds)
+        pieces = ((i, wave[start:start + window] if window else wave)
+                  for i, wave in enumerate(torch.as_tensor(w, dtype=torch.float32).flatten() for w in waveforms)
+                  for start in window_starts(wave.numel(), window))
+        per_clip = self.embed_windows(pieces, len(waveforms), batch_size,
+                                      max_forward_samples=max_forward_samples, runner=runner)
+        return [merge_windows(outs) for outs in per_clip]
+
+    def window_samples(self, window_seconds: float | None) -> int | None:
+        """A window length in samples at the tower's rate (None or 0 seconds: no windows)."""
+        if window_seconds is not None and not window_seconds >= 0:
+            raise BadInputError(f"window_seconds must be 0 (no windows) or positive, got {window_seconds}")
+        return int(window_seconds * self.sample_rate) if window_seconds else None
+
+    @torch.inference_mode()
+    def embed_windows(self, pieces: Iterable[tuple[int, np.ndarray | Tensor]], n_clips: int, batch_size: int = 32,
+                      *, max_forward_samples: int | None = None,
+                      runner: nn.Module | None = None) -> list[list[TowerOutput]]:
+        """The outputs of each clip's pieces (windows), in order, from a stream of (clip index,
+        waveform piece). Pieces of one length are batched as they arrive and a batch runs as soon
+        as it is full, so memory holds at most one pending batch per piece length besides the
+        outputs, however long the stream (a long recording read window by window). Batches are
+        the consecutive `batch_size` (or capped) runs of each length, as `embed_waveforms`
+        describes. A clip without pieces gets an empty list.
         """
         runner = runner if runner is not None else self.inference_copy()
         device = next(self.parameters()).device
         if max_forward_samples is None and device.type == "cpu":
             max_forward_samples = CPU_FORWARD_SAMPLES
-        window = int(window_seconds * self.sample_rate) if window_seconds else None
-        pieces: list[tuple[int, Tensor]] = []  # (clip index, waveform piece)
-        for i, wave in enumerate(waveforms):
-            wave = torch.as_tensor(wave, dtype=torch.float32).flatten()
-            if wave.numel() < 2:
-                raise BadInputError(f"clip {i} is too short to embed ({wave.numel()} samples)")
-            for piece in _windows(wave, window):
-                pieces.append((i, piece))
-        by_length: dict[int, list[int]] = {}
-        for p, (_, piece) in enumerate(pieces):
-            by_length.setdefault(piece.numel(), []).append(p)
-        piece_out: dict[int, TowerOutput] = {}
-        for length, idx in by_length.items():
+        outputs: list[dict[int, TowerOutput]] = [{} for _ in range(n_clips)]  # clip -> piece number -> output
+        pending: dict[int, list[tuple[int, int, Tensor]]] = {}  # length -> (clip, piece number, piece)
+        counts = [0] * n_clips
+
+        def run(batch: list[tuple[int, int, Tensor]]) -> None:
+            stacked = torch.stack([piece for _, _, piece in batch]).to(device)
+            for (clip, number, _), out in zip(batch, runner(stacked).to("cpu").unbatch()):
+                outputs[clip][number] = out
+
+        for clip, piece in pieces:
+            piece = self._padded(torch.as_tensor(piece, dtype=torch.float32).flatten(), clip)
+            length = piece.numel()
             per_forward = batch_size
             if max_forward_samples is not None:
                 per_forward = max(1, min(batch_size, max_forward_samples // length))
-            for start in range(0, len(idx), per_forward):
-                chunk = idx[start:start + per_forward]
-                batch = torch.stack([pieces[p][1] for p in chunk]).to(device)
-                for p, out in zip(chunk, runner(batch).to("cpu").unbatch()):
-                    piece_out[p] = out
-        per_clip: list[list[TowerOutput]] = [[] for _ in waveforms]
-        for p, (i, _) in enumerate(pieces):
-            per_clip[i].append(piece_out[p])
-        return [_merge_windows(outs) for outs in per_clip]
+            queue = pending.setdefault(length, [])
+            queue.append((clip, counts[clip], piece))
+            counts[clip] += 1
+            if len(queue) >= per_forward:
+                run(queue)
+                pending[length] = []
+        for queue in pending.values():
+            if queue:
+                run(queue)
+        return [[outs[n] for n in range(len(outs))] for outs in outputs]
+
+    def _padded(self, wave: Tensor, clip: int) -> Tensor:
+        if wave.numel() == 0:
+            raise BadInputError(f"clip {clip} is empty (0 samples)")
+        if wave.numel() < self.min_samples:
+            return nn.functional.pad(wave, (0, self.min_samples - wave.numel()))
+        return wave
 
 
 def _fold_batch_norms(module: nn.Module) -> None:
@@ -128,16 +181,9 @@ def _fold_batch_norms(module: nn.Module) -> None:
                     seq[i], seq[i + 1] = fuse_conv_bn_eval(seq[i], seq[i + 1]), nn.Identity()
 
 
-def _windows(wave: Tensor, window: int | None) -> list[Tensor]:
-    if window is None or wave.numel() <= window:
-        return [wave]
-    starts = list(range(0, wave.numel() - window + 1, window))
-    if starts[-1] + window < wave.numel():
-        starts.append(wave.numel() - window)
-    return [wave[s:s + window] for s in starts]
-
-
-def _merge_windows(outs: list[TowerOutput]) -> TowerOutput:
+def merge_windows(outs: list[TowerOutput]) -> TowerOutput:
+    """One clip's output from its windows' outputs: tokens concatenated in order, the embedding
+    and logits averaged (a single window is returned as it is)."""
     if len(outs) == 1:
         return outs[0]
     logits = None if outs[0].logits is None else torch.cat([o.logits for o in outs]).mean(0, keepdim=True)

@@ -11,13 +11,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import soundfile as sf
-
+from hybrid_retrieval.audio.io import usable_audio
 from hybrid_retrieval.data.clotho import read_metadata_csv
 from hybrid_retrieval.data.items import CatalogueItem
 from hybrid_retrieval.data.registry import DATASETS, load_split
 from hybrid_retrieval.errors import BadInputError
-from hybrid_retrieval.terminal import printable
 
 log = logging.getLogger("hybrid_retrieval")
 
@@ -31,8 +29,9 @@ def audio_files(folder: str | Path) -> list[Path]:
 
 def load_catalogue(source: str | Path, metadata_csv: str | Path | None = None) -> list[CatalogueItem]:
     """The items of a folder or dataset split (see the module docstring), with the metadata of
-    `metadata_csv` where it names them (matched by id, else by file name). Files soundfile cannot
-    open are skipped with one warning, so a broken file does not stop a long build half way."""
+    `metadata_csv` where it names them (matched by id, else by file name). Files that cannot be
+    used as audio (`io.check_audio`: not audio, empty, no finite sample) are skipped with one
+    warning each and a count, so a broken file does not stop a long build half way."""
     folder = Path(source)
     if folder.is_dir():
         items = [CatalogueItem(p.relative_to(folder).as_posix(), p) for p in audio_files(folder)]
@@ -52,18 +51,12 @@ def load_catalogue(source: str | Path, metadata_csv: str | Path | None = None) -
                 item.metadata, matched = kinds, matched + 1
         if matched < len(items):
             log.warning("%s: no metadata row for %d of %d items", metadata_csv, len(items) - matched, len(items))
-    opens = [_opens(item.audio_path) for item in items]
-    skipped = [item.item_id for item, ok in zip(items, opens) if not ok]
-    if skipped:
-        log.warning("skipped %d of %d files that cannot be read as audio: %s", len(skipped), len(items),
-                    ", ".join(map(printable, skipped[:5])) + (" ..." if len(skipped) > 5 else ""))
-    return [item for item, ok in zip(items, opens) if ok]
+    return usable_items(items, f"files of {source}")
 
 
-def _opens(path: Path) -> bool:
-    """Whether soundfile (what load_audio reads with) can open the file; reads the header only."""
-    try:
-        sf.info(str(path))
-    except Exception:  # soundfile raises LibsndfileError, RuntimeError, TypeError, ...
-        return False
-    return True
+def usable_items(items: list[CatalogueItem], what: str) -> list[CatalogueItem]:
+    """The items whose audio file can be used (`io.usable_audio`: one warning per file it drops,
+    then a count of `what` skipped), so that a bad file is dropped when a catalogue or training
+    set is loaded, not when a batch reaches it."""
+    usable = usable_audio([item.audio_path for item in items], what)
+    return [item for item, ok in zip(items, usable) if ok]

@@ -28,7 +28,7 @@ from hybrid_retrieval.audio.io import load_audio
 from hybrid_retrieval.audio.tower import AudioTower, create_audio_tower
 from hybrid_retrieval.cache import FeatureCache, audio_key
 from hybrid_retrieval.disentangled.conditions import LabelledTracks, load_labels
-from hybrid_retrieval.embedding import audio_outputs
+from hybrid_retrieval.embedding import audio_outputs, require_outputs
 from hybrid_retrieval.errors import BadInputError
 from hybrid_retrieval.outputs import TowerOutput
 
@@ -55,7 +55,8 @@ class TowerTokens:
 
     def sequences(self, paths: Sequence[str | Path], cache_dir: str | Path | None = None,
                   progress: bool = False) -> list[Tensor]:
-        outputs = audio_outputs(self.tower, paths, cache_dir, window_seconds=self.window_seconds, progress=progress)
+        outputs = require_outputs(audio_outputs(self.tower, paths, cache_dir, window_seconds=self.window_seconds,
+                                                progress=progress), paths)
         return [o.tokens[0] for o in outputs]
 
 

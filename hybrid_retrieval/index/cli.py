@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from hybrid_retrieval.errors import BadInputError, NotFoundError
-from hybrid_retrieval.terminal import at_least_one, check_queries, positive_number, printable, readable_file, recall
+from hybrid_retrieval.terminal import at_least_one, check_queries, printable, readable_file, recall, window_length
 
 
 def add_index_commands(sub: argparse._SubParsersAction) -> None:
@@ -42,8 +42,9 @@ def add_index_commands(sub: argparse._SubParsersAction) -> None:
                        help="text file of example queries, one per line, to measure the approximate index's "
                             "recall on (default: the dataset's captions, else catalogue items as queries)")
     build.add_argument("--cache-dir", default=None, help="feature cache of the towers' outputs (reused by rebuilds)")
-    build.add_argument("--window-seconds", type=positive_number, default=None,
-                       help="embed long clips as the mean of windows of this length")
+    build.add_argument("--window-seconds", type=window_length, default=None,
+                       help="embed longer clips as the mean of windows of this length, read one at a time "
+                            "(default: the audio model's training clip length, 10 s; 0: whole clips)")
     build.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     build.set_defaults(func=_build)
 
@@ -92,9 +93,10 @@ def _build(args: argparse.Namespace) -> int:
     check_writable(args.out)  # the outputs are checked before anything is loaded or embedded
     if args.cache_dir:
         check_writable(args.cache_dir, directory=True)
+    model, checkpoint = open_checkpoint(args.checkpoint, args.device)
+    window_seconds = model.audio_tower.default_window_seconds if args.window_seconds is None else args.window_seconds
     items = load_catalogue(args.source, args.metadata)
     recall_queries = read_lines(args.recall_queries) if args.recall_queries else None
-    model, checkpoint = open_checkpoint(args.checkpoint, args.device)
     # about what the index file will take: the float32 embeddings and each item's names
     check_writable(args.out, need_bytes=len(items) * (4 * model.config.embed_dim + 512))
     if args.metadata and not model.uses_metadata:
@@ -102,7 +104,7 @@ def _build(args: argparse.Namespace) -> int:
               file=sys.stderr)
     index = build_index(model, items, checkpoint, source=args.source, approximate=args.approximate,
                         target_recall=args.target_recall, recall_queries=recall_queries, cache_dir=args.cache_dir,
-                        window_seconds=args.window_seconds)
+                        window_seconds=window_seconds or None)
     save_or_rescue(lambda path: save_index(index, path), args.out, f"the index of {len(index)} embedded items")
     print(f"indexed {len(index)} items ({index.info['dim']}-d) from {printable(args.source)} with "
           f"{printable(checkpoint['path'])} -> {printable(args.out)}")

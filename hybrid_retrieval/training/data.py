@@ -6,23 +6,30 @@ tower runs on the raw input: random `clip_seconds` crops of the waveform, the ca
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from hybrid_retrieval.audio.io import load_audio
+from hybrid_retrieval.audio.io import SAMPLE_RATE, audio_info, load_audio
 from hybrid_retrieval.data.items import CatalogueItem
-from hybrid_retrieval.embedding import audio_outputs, text_outputs
+from hybrid_retrieval.embedding import audio_outputs, require_outputs, text_outputs
 from hybrid_retrieval.model import RetrievalModel, metadata_present
 from hybrid_retrieval.outputs import TowerOutput
 
 
-def crop_or_pad(wave: np.ndarray, length: int, generator: torch.Generator) -> np.ndarray:
-    """A random `length`-sample window of `wave`, zero-padded at the end when it is shorter."""
-    if len(wave) > length:
-        start = int(torch.randint(len(wave) - length + 1, (1,), generator=generator))
-        return wave[start:start + length]
-    return np.pad(wave, (0, length - len(wave)))
+def random_crop(path: str | Path, length: int, generator: torch.Generator,
+                sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """A random `length`-sample window of an audio file, zero-padded at the end when the file is
+    shorter. The start is drawn from the file's length in its header and only the window is read
+    (`load_audio`'s offset and duration), so a crop of an hour-long file costs a crop's reading."""
+    total = audio_info(path).length(sample_rate)
+    if total <= length:
+        wave = load_audio(path, sample_rate)
+        return np.pad(wave, (0, length - len(wave)))
+    start = int(torch.randint(total - length + 1, (1,), generator=generator))
+    return load_audio(path, sample_rate, offset=start / sample_rate, duration=length / sample_rate)
 
 
 class PairDataset(Dataset):
@@ -44,8 +51,8 @@ class PairDataset(Dataset):
         out = {"pair": index, "item": self.owners[index]}
         if self.clip_samples is not None:
             generator = torch.Generator().manual_seed(hash((self.seed, self.epoch, index)) & 0x7FFF_FFFF)
-            wave = load_audio(self.items[self.owners[index]].audio_path)
-            out["waveform"] = torch.from_numpy(crop_or_pad(wave, self.clip_samples, generator).copy())
+            wave = random_crop(self.items[self.owners[index]].audio_path, self.clip_samples, generator)
+            out["waveform"] = torch.from_numpy(wave)
         return out
 
 
@@ -69,7 +76,8 @@ class FeatureProvider:
         self.metadata_texts = [item.metadata_text(kinds) for item in items] if model.uses_metadata else None
         self.audio = self.caption_feats = self.meta_feats = None
         if freeze_audio and model.item_encoder.uses_audio:
-            self.audio = audio_outputs(model.audio_tower, [it.audio_path for it in items], cache_dir, progress=progress)
+            paths = [item.audio_path for item in items]
+            self.audio = require_outputs(audio_outputs(model.audio_tower, paths, cache_dir, progress=progress), paths)
         if freeze_text:
             self.caption_feats = text_outputs(model.text_tower, captions, cache_dir, progress=progress)
             if self.metadata_texts is not None:

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from hybrid_retrieval import distributed as dist_utils
 from hybrid_retrieval.audio.pretrained import WeightsNotFoundError
+from hybrid_retrieval.data.catalogue import usable_items
 from hybrid_retrieval.data.exclusion import drop_freesound_ids, read_freesound_ids
 from hybrid_retrieval.data.items import CatalogueItem, caption_pairs
 from hybrid_retrieval.data.registry import load_split
@@ -120,11 +121,13 @@ class TrainingItems:
 
 
 def load_training_items(cfg: TrainConfig) -> TrainingItems:
-    """The training items of every set in cfg.training_datasets(), less those cfg.exclude_freesound_ids
-    names (one log line with the count per set), and the pair weights their `weight`s ask for: a set
+    """The training items of every set in cfg.training_datasets() whose audio can be used (the others
+    dropped with a count, before training starts), less those cfg.exclude_freesound_ids names (one
+    log line with the count per set), and the pair weights their `weight`s ask for: a set
     of weight w and P pairs gives each pair w / P, so its share of an epoch is w / sum(weights)."""
     entries = cfg.training_datasets()
-    parts = [load_items(cfg, entry["split"], entry["name"], entry["root"]) for entry in entries]
+    parts = [usable_items(load_items(cfg, entry["split"], entry["name"], entry["root"]),
+                          f"training clips of {entry['name']}/{entry['split']}") for entry in entries]
     if cfg.exclude_freesound_ids:
         excluded = read_freesound_ids(cfg.exclude_freesound_ids)
         kept = [drop_freesound_ids(items, excluded) for items in parts]
@@ -241,7 +244,8 @@ def train(model_config: ModelConfig, cfg: TrainConfig, run_dir: str | Path) -> d
         model, state = build_model(model_config, cfg), TrainingState(epoch=0, step=0)
     model.to(device)
 
-    train_items, val_items = load_training_items(cfg), load_items(cfg, cfg.val_split)
+    train_items = load_training_items(cfg)
+    val_items = usable_items(load_items(cfg, cfg.val_split), f"validation clips of {cfg.dataset}/{cfg.val_split}")
     data = training_data(model, cfg, train_items.items, cfg.cache_dir, rank, world,
                          progress=cfg.progress and rank == 0, item_weights=train_items.item_weights)
     optimizer, scheduler = optimizer_and_schedule(model, cfg, len(data.sampler))
