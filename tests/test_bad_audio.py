@@ -15,7 +15,7 @@ from hybrid_retrieval.cli import main
 from hybrid_retrieval.data.catalogue import load_catalogue
 from hybrid_retrieval.embedding import audio_outputs
 from hybrid_retrieval.training.config import split_config
-from hybrid_retrieval.training.loop import build_model, load_items, training_data
+from hybrid_retrieval.training.loop import build_model, load_training_items, training_data
 
 SR = 32_000
 
@@ -161,9 +161,9 @@ def test_training_data_drops_bad_clips_when_loaded(tmp_path: Path, tone_dataset:
         model_config, cfg = split_config({"dataset": "clotho", "data_root": str(root), "batch_size": 8,
                                           "freeze_audio": frozen, "progress": False, "clip_seconds": 1.0})
         model = build_model(model_config, cfg)
-        items = load_items(cfg, cfg.train_split)
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="hybrid_retrieval"):
+            items = load_training_items(cfg).items  # bad clips are dropped here, before training starts
             data = training_data(model, cfg, items, str(tmp_path / "cache"), progress=False)
         lines = [r.getMessage() for r in caplog.records]
         assert str(audio[1]) in lines[0] and str(audio[4]) in lines[1]
