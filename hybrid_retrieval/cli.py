@@ -14,7 +14,7 @@ from hybrid_retrieval.disentangled.cli import add_similar_command
 from hybrid_retrieval.errors import run_reporting_errors
 from hybrid_retrieval.index.cli import add_index_commands
 from hybrid_retrieval.predict import add_predict_command
-from hybrid_retrieval.terminal import at_least_one
+from hybrid_retrieval.terminal import at_least_one, printable
 
 
 def _tag(args: argparse.Namespace) -> int:
@@ -28,7 +28,7 @@ def _tag(args: argparse.Namespace) -> int:
     for path in args.files:  # one at a time: a file's labels are printed as soon as it is done
         out = embed_audio_files(tower, [path], window_seconds=window_seconds, runner=runner)[0]
         if isinstance(out, AudioLoadError):
-            print(f"error: {out}", file=sys.stderr)
+            print(f"error: {printable(out)}", file=sys.stderr)
             failed += 1
             continue
         logits = out.logits[0]
@@ -37,7 +37,7 @@ def _tag(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps({"file": str(path), "top": top, "logits": [round(float(x), 6) for x in logits]}))
         else:
-            print(path)
+            print(printable(path))
             for label, prob in top:
                 print(f"  {prob:7.3f}  {label}")
     if failed:

@@ -6,10 +6,8 @@ surface (`hybrid-retrieval tag | index build | index info | search | similar`,
 and checks: the exit status, exactly one error line naming the file or value (no traceback), and,
 where a command has other inputs, that they were still processed.
 
-Cases owned by the audio-loading work (h12c), to be added as rows after it is merged:
-  * `tag` / `index build` / `similar` on a clip shorter than the tower's window, and on a clip of NaN
-    samples mixed with good ones: one line naming the clip, the others processed;
-  * a truncated WAV (header longer than its data) and a text file named `.mp3` in a catalogue.
+A case that succeeds (status 0) with `named` values must name each of them in a warning line
+(a file skipped, the others processed).
 """
 from __future__ import annotations
 
@@ -232,6 +230,25 @@ def _mixed_folder(w: World, tmp: Path) -> Path:
     return folder
 
 
+def _bad_audio_folder(w: World, tmp: Path) -> Path:
+    """The good clips plus: a clip of 100 samples (padded, embedded), one of NaN samples, a WAV whose
+    header promises more data than it holds, and a text file named .mp3."""
+    folder = _copy(w.clips, tmp / "bad_audio")
+    sf.write(folder / "short.wav", np.full(100, 0.1, dtype=np.float32), SR)
+    sf.write(folder / "nan.wav", np.full(SR, np.nan, dtype=np.float32), SR, subtype="FLOAT")
+    whole = _tone(tmp / "whole.wav", 440.0).read_bytes()
+    (folder / "truncated.wav").write_bytes(whole[: len(whole) // 2])
+    (folder / "notes.mp3").write_text("these are my notes, not audio")
+    return folder
+
+
+def _prints(*texts: str) -> Callable[[World, Path, str], None]:
+    def check(w: World, tmp: Path, out: str) -> None:
+        for text in texts:
+            assert text.format(tmp=tmp) in out, out
+    return check
+
+
 LONG_QUERY = " ".join(f"word{i}" for i in range(60))
 BIG_FIELD = "x" * 200_000  # over the csv module's default field limit (131072)
 
@@ -311,6 +328,19 @@ CASES = [
     Case("target recall above 1", lambda w, t: _build(w, t, "--target-recall", "1.5"), 2, ("--target-recall", "1.5")),
     Case("window seconds negative", lambda w, t: _build(w, t, "--window-seconds", "-1"), 2,
          ("--window-seconds", "at least 0")),
+    # ---- bad audio among good files: skipped with one warning naming it, the rest processed
+    Case("tag skips a NaN clip, tags the rest", lambda w, t: ["tag", str(_bad_audio_folder(w, t) / "nan.wav"),
+         str(t / "bad_audio" / "low.wav")], 1, ("{tmp}/bad_audio/nan.wav", "no finite samples"),
+         also=_prints("{tmp}/bad_audio/low.wav")),
+    Case("tag a text file named .mp3", lambda w, t: ["tag", str(_bad_audio_folder(w, t) / "notes.mp3")], 1,
+         ("{tmp}/bad_audio/notes.mp3", "not an audio file")),
+    Case("tag pads a 100-sample clip", lambda w, t: ["tag", str(_bad_audio_folder(w, t) / "short.wav")], 0,
+         also=_prints("{tmp}/bad_audio/short.wav")),
+    Case("build skips NaN and text clips, indexes the rest", lambda w, t: _build(w, t, source=_bad_audio_folder(w, t)),
+         0, ("{tmp}/bad_audio/nan.wav", "{tmp}/bad_audio/notes.mp3", "{tmp}/bad_audio/truncated.wav"),
+         also=_indexed(5)),  # three good clips, the short one and the readable part of the truncated one
+    Case("similar skips NaN and text clips in a catalogue", lambda w, t: _similar(w, catalog=_bad_audio_folder(w, t)),
+         0, ("{tmp}/bad_audio/nan.wav", "{tmp}/bad_audio/notes.mp3"), also=_prints("short.wav")),
     # ---- index info: header and tensors that disagree
     Case("info missing", lambda w, t: ["index", "info", str(t / "no.index")], 2, ("no index at {tmp}/no.index",)),
     Case("info not an index", lambda w, t: ["index", "info", str(csv_file(t, "x.index", "plain text"))], 2,
@@ -440,7 +470,7 @@ def _run(argv: list[str], env: dict, capsys: pytest.CaptureFixture) -> tuple[int
 
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
 def test_bad_input(case: Case, world: World, tmp_path: Path, capsys: pytest.CaptureFixture,
-                   monkeypatch: pytest.MonkeyPatch) -> None:
+                   caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HYBRID_RETRIEVAL_WEIGHTS_DIR", str(world.weights))
     monkeypatch.setenv("HYBRID_RETRIEVAL_CACHE", str(tmp_path / "cache"))
     argv = case.argv(world, tmp_path)
@@ -460,6 +490,8 @@ def test_bad_input(case: Case, world: World, tmp_path: Path, capsys: pytest.Capt
             assert name.format(tmp=tmp_path) in errors[0], errors[0]
     else:
         assert not errors, err[-3000:]
+        for name in case.named:  # the files skipped, each named in a warning (stderr, or pytest's log capture)
+            assert name.format(tmp=tmp_path) in err + caplog.text, err[-3000:] + caplog.text
     if case.also:
         case.also(world, tmp_path, out)
 

@@ -87,6 +87,18 @@ class LogMelFrontend(nn.Module):
             persistent=False,
         )
 
+    @property
+    def min_samples(self) -> int:
+        """The shortest waveform this front end transforms: its centred STFT pads each side by
+        reflection, which needs more than n_fft // 2 samples after pre-emphasis drops one."""
+        return self.config.n_fft // 2 + 2
+
+    def pad_to_minimum(self, wave: Tensor) -> Tensor:
+        """`wave` (samples,) zero-padded at the end to `min_samples` when it is shorter."""
+        if wave.shape[-1] < self.min_samples:
+            return nn.functional.pad(wave, (0, self.min_samples - wave.shape[-1]))
+        return wave
+
     def num_frames(self, num_samples: int) -> int:
         """Frames produced for a clip of `num_samples` samples (pre-emphasis drops one sample)."""
         return (num_samples - 1) // self.config.hop_length + 1

@@ -85,13 +85,11 @@ class AudioTower(nn.Module):
 
     @property
     def min_samples(self) -> int:
-        """The shortest clip the tower embeds as it is; shorter ones (down to one sample) are
-        zero-padded at the end to this length. Decided here, once, for every path that embeds
-        audio (tag, index build, catalogues, cached features): the front end's centred STFT pads
-        each side by reflection, which needs more than n_fft // 2 samples after pre-emphasis
-        drops one, and a clip this short holds too little sound to refuse it for, as training
-        crops also pad short clips."""
-        return self.frontend.config.n_fft // 2 + 2
+        """The shortest clip the tower embeds as it is (`LogMelFrontend.min_samples`); shorter ones
+        (down to one sample) are zero-padded at the end to this length, by every path that embeds
+        audio (tag, index build, catalogues, cached features, the log-mel similarity source): a clip
+        this short holds too little sound to refuse it for, as training crops also pad short clips."""
+        return self.frontend.min_samples
 
     @torch.inference_mode()
     def embed_waveforms(self, waveforms: Sequence[np.ndarray | Tensor], batch_size: int = 32,
@@ -165,9 +163,7 @@ class AudioTower(nn.Module):
     def _padded(self, wave: Tensor, clip: int) -> Tensor:
         if wave.numel() == 0:
             raise BadInputError(f"clip {clip} is empty (0 samples)")
-        if wave.numel() < self.min_samples:
-            return nn.functional.pad(wave, (0, self.min_samples - wave.numel()))
-        return wave
+        return self.frontend.pad_to_minimum(wave)
 
 
 def _fold_batch_norms(module: nn.Module) -> None:

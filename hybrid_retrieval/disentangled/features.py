@@ -75,7 +75,8 @@ class LogMelFrames:
     def _compute(self, paths: Sequence[str | Path], positions: Sequence[int]) -> list[TowerOutput]:
         outs = []
         for i in positions:
-            frames = self.frontend(torch.from_numpy(load_audio(paths[i])))[0].T  # (frames, n_mels)
+            wave = self.frontend.pad_to_minimum(torch.from_numpy(load_audio(paths[i])))
+            frames = self.frontend(wave)[0].T  # (frames, n_mels)
             outs.append(TowerOutput(frames[None], torch.ones(1, len(frames), dtype=torch.bool), frames.mean(0)[None]))
         return outs
 
