@@ -154,9 +154,10 @@ def dryrun_model(model_config, audio_encoder: str | None = None, text_shape: dic
 
 def measure_loader(root: str, config: str, workers: int, batches: int, batch_size: int, device: str,
                    overrides: dict) -> dict:
-    """Pairs/s of the config's training loader alone over `batches` batches (after the first,
-    which starts the workers). The loader needs of the model only its audio rate and that the
-    audio tower trains, so a small random model stands in."""
+    """Pairs/s of the config's training loader alone over its first `batches` batches, timed from
+    the start of the epoch's iteration (worker start-up included, so that batches the workers
+    prepared ahead are not counted as free). The loader needs of the model only its audio rate
+    and that the audio tower trains, so a small random model stands in."""
     from hybrid_retrieval.model import create_model
     from hybrid_retrieval.training.loop import load_items, training_data
 
@@ -164,14 +165,14 @@ def measure_loader(root: str, config: str, workers: int, batches: int, batch_siz
     model = create_model(model_config, pretrained=False, audio_encoder="efficientat:mn04_as",
                          text_encoder="minilm").freeze(audio=False, text=False)
     data = training_data(model, cfg, load_items(cfg, cfg.train_split), None, progress=False)
-    batches = min(batches, len(data.sampler) - 1)
-    loader = iter(data.loader)
-    first = next(loader)
+    batches = min(batches, len(data.sampler))
     started, pairs = time.perf_counter(), 0
+    loader = iter(data.loader)
     for _ in range(batches):
-        pairs += len(next(loader)["pair"])
+        batch = next(loader)
+        pairs += len(batch["pair"])
     elapsed = time.perf_counter() - started
-    return {"pairs_per_s": pairs / elapsed, "batches": batches, "crop_samples": int(first["waveform"].shape[1])}
+    return {"pairs_per_s": pairs / elapsed, "batches": batches, "crop_samples": int(batch["waveform"].shape[1])}
 
 
 def measure_step(root: str, config: str, batch_size: int, steps: int, device: str, overrides: dict,
@@ -208,9 +209,9 @@ def run_dryrun(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", default="15,30", help="clip lengths are drawn from this range")
     parser.add_argument("--gen-workers", type=int, default=None, help="processes writing clips (default: all cores)")
     parser.add_argument("--loader-workers", default="0,2,8", help="num_workers values of the loader measurement")
-    parser.add_argument("--loader-batches", type=int, default=8, help="batches timed per loader measurement")
+    parser.add_argument("--loader-batches", type=int, default=16, help="batches timed per loader measurement")
     parser.add_argument("--loader-batch-size", type=int, default=None, help="default: the config's batch_size")
-    parser.add_argument("--step-batch-sizes", default="1,2", help="batch sizes of the step measurement")
+    parser.add_argument("--step-batch-sizes", default="1,2,4", help="batch sizes of the step measurement")
     parser.add_argument("--steps", type=int, default=2, help="timed steps per batch size (after one warm-up)")
     parser.add_argument("--clip-seconds", type=float, default=None, help="override the config's crop length")
     parser.add_argument("--audio-encoder", default=None, help="override the config's audio encoder (smoke tests)")
