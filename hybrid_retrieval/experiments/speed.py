@@ -1,8 +1,9 @@
-"""Speed and scale benchmarks: audio embedding, search, training steps, and the memory of each.
+"""Speed and scale benchmarks: audio embedding, search, training steps, long files, and the memory of each.
 
-    python scripts/bench.py                                   # all three on this machine's CPU
+    python scripts/bench.py                                   # all four on this machine's CPU
     python scripts/bench.py --only search --sizes 10000,100000
     python scripts/bench.py --device cuda                     # on a GPU: adds bf16 and torch.compile rows
+    python scripts/bench.py --only load --load-minutes 1,10,60,120   # crops and embedding of long files
 
 (`scripts/bench.py` calls `run_benchmarks` here.) Every measurement runs in its own subprocess
 (`python -m hybrid_retrieval.experiments.speed --worker KIND JSON`), so its peak memory is that process's maximum
@@ -23,6 +24,11 @@ Results go to stdout and to --out (JSON and Markdown); every row names the devic
    measured for IVF too.
 3. train: seconds per optimizer step on SynthMusic, frozen towers on cached features against full
    fine-tuning of both towers, with the one-off feature caching time of the frozen mode.
+4. load: long recordings (generated 44.1-kHz 16-bit noise WAVs of `--load-minutes`, written under
+   `--scratch` and deleted afterwards). Seconds and peak memory of one random 10-s crop, the whole
+   file decoded and sliced against the windowed read training crops use (`random_crop`), side by
+   side per length; and embedding a whole file as `tag` and `index build` do (`embed_audio_files`):
+   window by window (the default, 10-s windows) against one forward pass over the whole file.
 """
 from __future__ import annotations
 
@@ -42,6 +48,7 @@ from pathlib import Path
 import torch
 
 from hybrid_retrieval.audio.io import SAMPLE_RATE
+from hybrid_retrieval.lazy import import_object
 from hybrid_retrieval.report import markdown_table
 
 CLIP_SECONDS = 10.0
@@ -59,7 +66,7 @@ EMBED_LABELS = {
 
 # -- measurements (each runs in a subprocess: `bench.py --worker KIND JSON`) -------------------------------
 
-def _rss_mb() -> float:
+def rss_mb() -> float:
     """Resident set size now (Linux /proc; elsewhere the peak so far)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -113,7 +120,7 @@ def measure_embed(variant: str, device: str, model: str) -> dict:
         started = time.perf_counter()
         tower.embed_waveforms(clips, batch_size=32, **options)
         result["compile_s"] = round(time.perf_counter() - started, 1)
-    setup_rss = _rss_mb()
+    setup_rss = rss_mb()
 
     if variant == "reference":
         def run() -> None:
@@ -179,7 +186,7 @@ def measure_search(backend: str, n: int, dim: int, device: str, structured: bool
 
         def search(q: torch.Tensor) -> None:
             exact_search(items, q, 10)
-    setup_rss = _rss_mb()
+    setup_rss = rss_mb()
     place = device if backend == "torch" else "cpu"
     singles = iter(range(400, 1200))
     result["qps_1"] = _rate(lambda: search(queries[next(singles)][None]), 1, place, max_calls=200)
@@ -193,15 +200,8 @@ def measure_train(mode: str, device: str, root: str, limit_items: int, steps: in
     towers train on 10-s crops."""
     import tempfile
 
-    from hybrid_retrieval.losses import ContrastiveLoss
     from hybrid_retrieval.training.config import split_config
-    from hybrid_retrieval.training.loop import (
-        build_model,
-        load_items,
-        optimizer_and_schedule,
-        train_step,
-        training_data,
-    )
+    from hybrid_retrieval.training.loop import build_model, load_items, training_data
 
     frozen = mode == "frozen"
     flat = {"dataset": "synthmusic", "data_root": root, "limit_items": limit_items, "batch_size": batch_size,
@@ -215,11 +215,24 @@ def measure_train(mode: str, device: str, root: str, limit_items: int, steps: in
     with tempfile.TemporaryDirectory() as cache:
         data = training_data(model, cfg, items, cache if frozen else None, progress=False)
     cache_s = time.perf_counter() - started
+    setup_rss = rss_mb()
+    times = time_train_steps(model, cfg, data, device, steps)
+    return {"step_s": statistics.median(times), "steps": steps, "cache_s": round(cache_s, 1) if frozen else None,
+            "cached_items": len(items) if frozen else None, "setup_rss_mb": setup_rss}
+
+
+def time_train_steps(model, cfg, data, device: str, steps: int) -> list[float]:
+    """Seconds of each of `steps` training steps (the provider's inputs + `train_step`: forward,
+    loss, backward, clipping, AdamW) on the batches of `data` (a `training_data`), after one
+    warm-up step (allocations, oneDNN primitives)."""
+    from hybrid_retrieval.losses import ContrastiveLoss
+    from hybrid_retrieval.training.loop import optimizer_and_schedule, train_step
+
     optimizer, _ = optimizer_and_schedule(model, cfg, len(data.sampler))
     loss_fn = ContrastiveLoss(cfg.loss)
-    setup_rss, times = _rss_mb(), []
+    times: list[float] = []
     batches = iter(data.loader)
-    for _ in range(steps + 1):  # the first step warms up (allocations, oneDNN primitives)
+    for _ in range(steps + 1):
         batch = next(batches)
         _sync(device)
         start = time.perf_counter()
@@ -227,15 +240,77 @@ def measure_train(mode: str, device: str, root: str, limit_items: int, steps: in
                    batch["item"].to(device), cfg.grad_clip, use_amp=device.startswith("cuda"))
         _sync(device)
         times.append(time.perf_counter() - start)
-    return {"step_s": statistics.median(times[1:]), "steps": steps, "cache_s": round(cache_s, 1) if frozen else None,
-            "cached_items": len(items) if frozen else None, "setup_rss_mb": setup_rss}
+    return times[1:]
+
+
+def measure_load(mode: str, path: str, repeats: int, device: str) -> dict:
+    """Seconds per random 10-s crop of `path` (median of `repeats`): "whole" decodes and resamples
+    the whole file, then slices (what a crop cost before windowed reads); "window" is training's
+    `random_crop`, which reads the header and decodes only the window."""
+    from hybrid_retrieval.audio.io import audio_info, load_audio
+    from hybrid_retrieval.training.data import random_crop
+
+    length = int(CLIP_SECONDS * SAMPLE_RATE)
+    total = audio_info(path).length()
+    generator = torch.Generator().manual_seed(0)
+    setup_rss, times = rss_mb(), []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        if mode == "whole":
+            start = int(torch.randint(total - length + 1, (1,), generator=generator))
+            crop = load_audio(path)[start:start + length]
+        else:
+            crop = random_crop(path, length, generator)
+        times.append(time.perf_counter() - started)
+        assert len(crop) == length
+    return {"crop_s": statistics.median(times), "setup_rss_mb": setup_rss}
+
+
+def measure_embed_file(mode: str, path: str, model: str, device: str) -> dict:
+    """Seconds to embed one whole file as `tag` does (`embed_audio_files`): "window" reads and
+    embeds it in 10-s windows (the default), "whole" in one forward pass (--window-seconds 0)."""
+    from hybrid_retrieval.audio.tower import create_audio_tower
+    from hybrid_retrieval.embedding import embed_audio_files
+
+    tower = create_audio_tower(f"efficientat:{model}", pretrained=False).to(device).eval()  # speed only
+    runner = tower.inference_copy()
+    tower.embed_waveforms([torch.zeros(int(CLIP_SECONDS * SAMPLE_RATE))] * 4, runner=runner)  # warm-up: oneDNN kernels
+    setup_rss = rss_mb()
+    _sync(device)
+    started = time.perf_counter()
+    out = embed_audio_files(tower, [path], window_seconds=CLIP_SECONDS if mode == "window" else 0, runner=runner)[0]
+    _sync(device)
+    return {"seconds": time.perf_counter() - started, "windows_tokens": int(out.tokens.shape[1]),
+            "setup_rss_mb": setup_rss}
+
+
+def write_noise_wav(path: Path, seconds: float, rate: int = 44_100, seed: int = 0) -> Path:
+    """A 16-bit mono WAV of quiet Gaussian noise, generated and written a minute at a time."""
+    import numpy as np
+    import soundfile as sf
+
+    rng = np.random.default_rng(seed)
+    total, block = int(seconds * rate), 60 * rate
+    with sf.SoundFile(path, "w", rate, 1, subtype="PCM_16", format="WAV") as handle:
+        for start in range(0, total, block):
+            handle.write((rng.standard_normal(min(block, total - start), dtype=np.float32) * 0.1))
+    return path
+
+
+# What a worker process measures, by kind: the functions above, and the dry run's (imported when used).
+MEASUREMENTS = {"embed": measure_embed, "search": measure_search, "train": measure_train, "load": measure_load,
+                "embed_file": measure_embed_file,
+                "dryrun_loader": "hybrid_retrieval.experiments.dryrun:measure_loader",
+                "dryrun_step": "hybrid_retrieval.experiments.dryrun:measure_step"}
 
 
 def worker(kind: str, params: dict) -> None:
     if params["device"] == "cpu" and params.get("threads"):
         torch.set_num_threads(params["threads"])
-    result = {"embed": measure_embed, "search": measure_search, "train": measure_train}[kind](
-        **{k: v for k, v in params.items() if k != "threads"})
+    measure = MEASUREMENTS[kind]
+    if isinstance(measure, str):
+        measure = import_object(measure)
+    result = measure(**{k: v for k, v in params.items() if k != "threads"})
     result["peak_rss_mb"] = _peak_rss_mb()
     if params["device"].startswith("cuda"):
         result["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
@@ -352,10 +427,55 @@ def bench_train(args: argparse.Namespace) -> str:
     return markdown_table(rows, columns, f"mn04_minilm, batch {args.batch_size}, {args.device}")
 
 
+def bench_load(args: argparse.Namespace) -> str:
+    import shutil
+    import tempfile
+
+    scratch = Path(tempfile.mkdtemp(prefix="hybrid_retrieval_bench_", dir=args.scratch))
+    try:
+        crops, files = {}, {}
+        for minutes in args.load_minutes:
+            label = f"{minutes:g} min" if minutes < 60 else f"{minutes / 60:g} h"
+            print(f"load, {label}: writing the file", flush=True)
+            path = str(write_noise_wav(scratch / f"{minutes:g}min.wav", minutes * 60))
+            size_mb = Path(path).stat().st_size / 2 ** 20
+            m = {mode: run_worker("load", mode=mode, path=path, repeats=args.load_repeats, device="cpu",
+                                  threads=args.threads) for mode in ("whole", "window")}
+            crops[f"{label} ({size_mb:,.0f} MB)"] = {
+                "whole file: s/crop": f"{m['whole']['crop_s']:.3f}",
+                "window: s/crop": f"{m['window']['crop_s']:.4f}",
+                "whole / window": f"{m['whole']['crop_s'] / m['window']['crop_s']:,.0f}x",
+                "whole file: peak RSS, MB": mb(m["whole"]["peak_rss_mb"]),
+                "window: peak RSS, MB": mb(m["window"]["peak_rss_mb"]),
+                "RSS after setup, MB": mb(m["window"]["setup_rss_mb"]),
+            }
+            modes = [mode for mode, limit in (("window", None), ("whole", args.whole_pass_minutes))
+                     if limit is None or minutes <= limit]
+            for mode in modes:
+                e = run_worker("embed_file", mode=mode, path=path, model=args.audio_model, device=args.device,
+                               threads=args.threads)
+                files[f"{label}, {'10-s windows (default)' if mode == 'window' else 'one pass (--window-seconds 0)'}"] = {
+                    "s": f"{e['seconds']:.1f}",
+                    "audio s per s": f"{minutes * 60 / e['seconds']:,.0f}",
+                    "peak RSS, MB": mb(e["peak_rss_mb"]),
+                    "RSS after setup, MB": mb(e["setup_rss_mb"]),
+                    **({"peak CUDA MB": mb(e["peak_cuda_mb"])} if args.device.startswith("cuda") else {}),
+                }
+            Path(path).unlink()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    crop_table = markdown_table(crops, list(next(iter(crops.values())).keys()),
+                                "one random 10-s crop of a 44.1-kHz WAV")
+    file_table = markdown_table(files, list(next(iter(files.values())).keys()),
+                                f"embedding a whole file ({args.audio_model}, {args.device})")
+    return crop_table + "\n\n" + file_table
+
+
 def run_benchmarks(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--worker", nargs=2, metavar=("KIND", "JSON"), help=argparse.SUPPRESS)
-    parser.add_argument("--only", default="embed,search,train", help="comma-separated subset of embed,search,train")
+    parser.add_argument("--only", default="embed,search,train,load",
+                        help="comma-separated subset of embed,search,train,load")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per measurement (CPU)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the embedding variants")
@@ -368,18 +488,26 @@ def run_benchmarks(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-items", type=int, default=128, help="clips the frozen mode caches")
     parser.add_argument("--train-steps", type=int, default=3, help="timed steps per mode (after one warm-up)")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--load-minutes", default="1,10,60,120", help="file lengths of the load benchmark (minutes)")
+    parser.add_argument("--load-repeats", type=int, default=3, help="crops timed per file and mode")
+    parser.add_argument("--whole-pass-minutes", type=float, default=10,
+                        help="longest file embedded in one pass too (its memory grows with the file)")
+    parser.add_argument("--scratch", default=None, help="folder for the load benchmark's files (default: the "
+                                                        "system's temporary folder; deleted afterwards)")
     parser.add_argument("--out", default="results/bench", help="folder for bench.json and bench.md")
     args = parser.parse_args(argv)
     if args.worker:
         worker(args.worker[0], json.loads(args.worker[1]))
         return 0
     args.sizes = [int(s) for s in args.sizes.split(",")]
+    args.load_minutes = [float(m) for m in args.load_minutes.split(",")]
     if args.compile is None:
         args.compile = args.device.startswith("cuda")
     info = machine(args.device)
     sections = {"embed": ("Audio embedding throughput (10-s clips/s)", bench_embed),
                 "search": ("Search, top-10 (random unit vectors)", bench_search),
-                "train": ("Training step time (SynthMusic)", bench_train)}
+                "train": ("Training step time (SynthMusic)", bench_train),
+                "load": ("Long recordings: windowed reading and embedding", bench_load)}
     tables = {}
     for name in args.only.split(","):
         title, bench = sections[name]

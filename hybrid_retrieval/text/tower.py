@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoModel, AutoTokenizer
+from transformers import AutoModel, AutoTokenizer, PretrainedConfig
 from transformers.utils import logging as hf_logging
 
 from hybrid_retrieval.errors import BadInputError, NotFoundError
@@ -60,7 +60,10 @@ class TextTower(nn.Module):
     """List of strings -> TowerOutput (word-piece tokens, attention mask, pooled embedding)."""
 
     def __init__(self, name_or_path: str = DEFAULT_TEXT_MODEL, max_length: int = 32, pooling: str = "mean",
-                 normalize: bool = True) -> None:
+                 normalize: bool = True, model_config: PretrainedConfig | None = None) -> None:
+        """`model_config`: build the encoder from this transformers config with random weights
+        (e.g. a RoBERTa-large-shaped tower for a dry run, offline) and take only the tokenizer
+        from `name_or_path`; its ids must fit the config's vocabulary."""
         super().__init__()
         if pooling not in ("mean", "cls"):
             raise BadInputError(f"text pooling must be 'mean' or 'cls', not {pooling!r}")
@@ -68,13 +71,21 @@ class TextTower(nn.Module):
         try:
             with _quiet_loading() if Path(path).is_dir() else contextlib.nullcontext():
                 self.tokenizer = AutoTokenizer.from_pretrained(path)
-                self.model = AutoModel.from_pretrained(path)
+                if model_config is None:
+                    self.model = AutoModel.from_pretrained(path)
+                else:
+                    self.model = AutoModel.from_config(model_config)
         except OSError as exc:
             raise NotFoundError(
                 f"cannot load text model {name_or_path!r}: {exc}\nUse a local folder, the bundled default "
                 f"'{DEFAULT_TEXT_MODEL}', or a hub id while online (HF_HUB_OFFLINE unset)."
             ) from exc
+        if model_config is not None and len(self.tokenizer) > model_config.vocab_size:
+            raise BadInputError(f"the tokenizer of {name_or_path!r} has {len(self.tokenizer)} ids, more than the "
+                                f"config's vocabulary of {model_config.vocab_size}")
         self.spec = name_or_path
+        if model_config is not None:
+            self.spec = f"{model_config.model_type} (random init), {name_or_path} tokenizer"
         self.max_length = max_length
         self.pooling = pooling
         self.normalize = normalize
