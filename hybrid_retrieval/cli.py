@@ -22,11 +22,10 @@ def _tag(args: argparse.Namespace) -> int:
 
     tower = create_audio_tower(f"efficientat:{args.model}", pretrained=True, weights=args.weights)
     window_seconds = tower.default_window_seconds if args.window_seconds is None else args.window_seconds
-    runner = tower.inference_copy()
     labels = audioset_labels()
     failed = 0
     for path in args.files:  # one at a time: a file's labels are printed as soon as it is done
-        out = embed_audio_files(tower, [path], window_seconds=window_seconds, runner=runner)[0]
+        out = embed_audio_files(tower, [path], window_seconds=window_seconds)[0]
         if isinstance(out, AudioLoadError):
             print(f"error: {printable(out)}", file=sys.stderr)
             failed += 1

@@ -44,8 +44,7 @@ def text_cache(tower: TextTower, cache_dir: str | Path | FeatureCache | None,
 
 
 def embed_audio_files(tower: AudioTower, paths: Sequence[str | Path], batch_size: int = 32,
-                      window_seconds: float | None = None,
-                      runner: torch.nn.Module | None = None) -> list[TowerOutput | AudioLoadError]:
+                      window_seconds: float | None = None) -> list[TowerOutput | AudioLoadError]:
     """Tower outputs of audio files, or the AudioLoadError (naming the file) of each file that
     cannot be used; the other files are embedded all the same. With `window_seconds`, a longer
     file is read window by window (`io.audio_windows`) and its windows' outputs merged, so memory
@@ -61,7 +60,7 @@ def embed_audio_files(tower: AudioTower, paths: Sequence[str | Path], batch_size
             except AudioLoadError as exc:
                 failures[i] = exc
 
-    per_file = tower.embed_windows(pieces(), len(paths), batch_size, runner=runner)
+    per_file = tower.embed_windows(pieces(), len(paths), batch_size)
     return [failures[i] if i in failures else merge_windows(outs) for i, outs in enumerate(per_file)]
 
 
@@ -100,18 +99,27 @@ def require_outputs(outputs: Sequence[TowerOutput | None], paths: Sequence[str |
 def text_outputs(tower: TextTower, texts: Sequence[str], cache_dir: str | Path | FeatureCache | None = None,
                  batch_size: int = 256, keep_tokens: bool = False, progress: bool = True) -> list[TowerOutput]:
     """Tower outputs of texts in eval mode; with keep_tokens=False only the pooled embedding is kept.
-    cache_dir: a folder, or a cache opened by text_cache with the same keep_tokens."""
+    cache_dir: a folder, or a cache opened by text_cache with the same keep_tokens.
+
+    Texts are batched in order of length (as sentence-transformers' `encode` does), so a batch
+    pads its texts to a similar length; the outputs come back in the order of `texts`."""
 
     @torch.inference_mode()
     def compute(positions: Sequence[int]) -> list[TowerOutput]:
-        outs: list[TowerOutput] = []
+        order = sorted(range(len(positions)), key=lambda j: len(texts[positions[j]]))
+        outs: list[TowerOutput | None] = [None] * len(positions)
         with eval_mode(tower):
-            for start in range(0, len(positions), batch_size):
-                chunk = [texts[i] for i in positions[start:start + batch_size]]
-                outs.extend(tower(chunk).to("cpu").unbatch())
-        if not keep_tokens:
-            outs = [TowerOutput(o.embedding[:, None], torch.ones(1, 1, dtype=torch.bool), o.embedding) for o in outs]
-        return outs
+            for start in range(0, len(order), batch_size):
+                chunk = order[start:start + batch_size]
+                out = tower([texts[positions[j]] for j in chunk]).to("cpu")
+                if keep_tokens:
+                    singles = out.unbatch()
+                else:
+                    present = torch.ones(1, 1, dtype=torch.bool)
+                    singles = [TowerOutput(e[None, None], present, e[None]) for e in out.embedding]
+                for j, single in zip(chunk, singles):
+                    outs[j] = single
+        return outs  # type: ignore[return-value]
 
     cache = text_cache(tower, cache_dir, keep_tokens)
     if cache is None:

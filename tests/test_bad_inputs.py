@@ -2,7 +2,8 @@
 
 Each case prepares its input (a damaged copy of a good checkpoint, index, model, CSV, ...), runs one
 surface (`hybrid-retrieval tag | index build | index info | search | similar`,
-`scripts/eval_map10.py`, `scripts/make_synthmusic.py` in-process; `scripts/train.py` as a process)
+`scripts/eval_map10.py`, `scripts/make_synthmusic.py`, `scripts/bench.py` in-process; `scripts/train.py`
+as a process)
 and checks: the exit status, exactly one error line naming the file or value (no traceback), and,
 where a command has other inputs, that they were still processed.
 
@@ -31,6 +32,7 @@ from safetensors.torch import save_file
 
 from hybrid_retrieval.cli import main as cli_main
 from hybrid_retrieval.errors import run_reporting_errors
+from hybrid_retrieval.experiments.speed import run_benchmarks
 
 ROOT = Path(__file__).resolve().parents[1]
 SR = 32_000
@@ -256,6 +258,8 @@ CASES = [
     # ---- tag (its file loop is the audio-loading work's; these are its arguments and weights)
     Case("tag top 0", lambda w, t: ["tag", str(w.clips / "low.wav"), "--top", "0"], 2, ("--top", "at least 1, not 0")),
     Case("tag top negative", lambda w, t: ["tag", str(w.clips / "low.wav"), "--top", "-1"], 2, ("--top", "-1")),
+    Case("tag unknown audio runtime", lambda w, t: ["tag", str(w.clips / "low.wav")], 2,
+         ("unknown audio runtime 'fast'", "HYBRID_RETRIEVAL_RUNTIME"), env={"HYBRID_RETRIEVAL_RUNTIME": "fast"}),
     Case("tag truncated weights", lambda w, t: ["tag", str(w.clips / "low.wav"), "--weights",
                                                 str(csv_file(t, "half.pt", "PK\x03\x04 cut"))], 2,
          ("cannot read weights file", "{tmp}/half.pt")),
@@ -421,6 +425,10 @@ CASES = [
     Case("synth negative count", lambda w, t: _synth(t / "s", "--n-train", "-1"), 2, ("n_train", "-1")),
     Case("synth seconds nan", lambda w, t: _synth(t / "s", "--seconds", "nan"), 2, ("seconds=nan",)),
     Case("synth workers 0", lambda w, t: _synth(t / "s", "--workers", "0"), 2, ("workers", "0")),
+    # ---- scripts/bench.py
+    Case("bench efficientat repo missing", lambda w, t: ["bench", "--only", "embed", "--efficientat-repo",
+                                                         str(t / "nowhere")], 2,
+         ("--efficientat-repo {tmp}/nowhere is not a checkout of the original EfficientAT",)),
     # ---- scripts/train.py (a process: sacred prints tracebacks of what it catches)
     Case("train resume without a checkpoint", lambda w, t: ["train", "--resume", str(t)], 2,
          ("no checkpoint found at {tmp}",)),
@@ -460,6 +468,8 @@ def _run(argv: list[str], env: dict, capsys: pytest.CaptureFixture) -> tuple[int
     try:
         if surface in ("eval_map10", "make_synthmusic"):
             status = run_reporting_errors(lambda: _script(surface).main(argv[1:]))
+        elif surface == "bench":
+            status = run_reporting_errors(lambda: run_benchmarks(argv[1:]))
         else:
             status = cli_main(argv)
     except SystemExit as exc:  # argparse refusing an argument
@@ -475,6 +485,8 @@ def test_bad_input(case: Case, world: World, tmp_path: Path, capsys: pytest.Capt
     monkeypatch.setenv("HYBRID_RETRIEVAL_CACHE", str(tmp_path / "cache"))
     argv = case.argv(world, tmp_path)
     env = {key: value.format(tmp=tmp_path) for key, value in case.env.items()}
+    for key, value in env.items():  # for the surfaces run in this process
+        monkeypatch.setenv(key, value)
     if case.locked:
         (tmp_path / case.locked).mkdir()
         with read_only(tmp_path / case.locked):

@@ -1,21 +1,23 @@
-"""Speed and scale benchmarks: audio embedding, search, training steps, long files, and the memory of each.
+"""Speed and scale benchmarks: audio and text embedding, search, training steps, long files, and the memory of each.
 
-    python scripts/bench.py                                   # all four on this machine's CPU
+    python scripts/bench.py                                   # all five on this machine's CPU
+    python scripts/bench.py --only embed,text --efficientat-repo DIR   # beside the original EfficientAT
     python scripts/bench.py --only search --sizes 10000,100000
-    python scripts/bench.py --device cuda                     # on a GPU: adds bf16 and torch.compile rows
+    python scripts/bench.py --device cuda                     # on a GPU: adds a torch.compile row
     python scripts/bench.py --only load --load-minutes 1,10,60,120   # crops and embedding of long files
+
 
 (`scripts/bench.py` calls `run_benchmarks` here.) Every measurement runs in its own subprocess
 (`python -m hybrid_retrieval.experiments.speed --worker KIND JSON`), so its peak memory is that process's maximum
 resident set size (getrusage ru_maxrss; on CUDA also torch.cuda.max_memory_allocated), with
 the resident size after its setup beside it. Throughputs are compared as ratios within one run:
-the embedding variants are interleaved over `--rounds` rounds and each ratio is the median of
-the per-round ratios, so load from other processes on a shared machine hits both sides alike.
-Results go to stdout and to --out (JSON and Markdown); every row names the device it ran on.
+the embedding variants run in one process, interleaved over `--rounds` rounds, and each ratio is
+the median of the per-round ratios, so load from other processes on a shared machine hits both
+sides alike. Results go to stdout and to --out (JSON and Markdown); every row names the device.
 
-1. embed: 10-s clips/s of the EfficientAT tower, fp32: the project's `embed_waveforms` at batch
-   1 and 32 against a reference loop (one clip at a time, eval mode, no no_grad/inference_mode,
-   front end + backbone per clip), plus variants that say what each inference choice gives.
+1. embed, text: clips/s of the EfficientAT tower (`embed_waveforms` with each runtime, one clip
+   and 32 clips per call) against the original EfficientAT inference loop and a plain loop over
+   the tower; captions/s of the text tower against sentence-transformers (`embed_speed`).
 2. search: queries/s for top-10 over n random unit vectors (d = the model's embedding size):
    exact torch (matmul + top-k), exact FAISS (its IndexFlatIP kernel), and the approximate
    IVF index tuned to recall@10 >= 0.95, with its build time and recall measured on held-out
@@ -33,7 +35,8 @@ Results go to stdout and to --out (JSON and Markdown); every row names the devic
 from __future__ import annotations
 
 import argparse
-import copy
+import contextlib
+import importlib
 import json
 import os
 import platform
@@ -50,19 +53,9 @@ import torch
 from hybrid_retrieval.audio.io import SAMPLE_RATE
 from hybrid_retrieval.lazy import import_object
 from hybrid_retrieval.report import markdown_table
+from hybrid_retrieval.terminal import at_least_one
 
 CLIP_SECONDS = 10.0
-EMBED_VARIANTS = ("reference", "batch1", "batch32", "batch32-plain", "batch32-one-forward")
-EMBED_LABELS = {
-    "reference": "reference loop (per clip, autograd on)",
-    "batch1": "embed_waveforms, batch 1",
-    "batch32": "embed_waveforms, batch 32",
-    "batch32-plain": "  without folded batch norms and channels-last (plain eval copy)",
-    "batch32-one-forward": "  without the CPU cap: all 32 in one forward",
-    "batch32-compile": "  plus torch.compile of the tower's forward (not adopted)",
-    "batch32-bf16": "  plus bf16 autocast",
-}
-
 
 # -- measurements (each runs in a subprocess: `bench.py --worker KIND JSON`) -------------------------------
 
@@ -99,44 +92,6 @@ def _rate(fn, units: int, device: str, min_seconds: float = 4.0, max_calls: int 
         calls += 1
     _sync(device)
     return calls * units / (time.perf_counter() - start)
-
-
-def measure_embed(variant: str, device: str, model: str) -> dict:
-    from hybrid_retrieval.audio.tower import create_audio_tower
-
-    tower = create_audio_tower(f"efficientat:{model}", pretrained=False).to(device).eval()  # speed only
-    generator = torch.Generator().manual_seed(0)
-    clips = [torch.randn(int(CLIP_SECONDS * SAMPLE_RATE), generator=generator) * 0.1 for _ in range(32)]
-    result = {}
-    options: dict = {}  # embed_waveforms' keyword arguments of the variant
-    if variant == "batch32-one-forward":
-        options["max_forward_samples"] = sys.maxsize
-    elif variant == "batch32-plain":
-        options["runner"] = copy.deepcopy(tower).eval()
-    elif variant == "batch32-compile":  # one compiled inference copy, reused (the weights do not change here)
-        runner = tower.inference_copy()
-        runner.forward = torch.compile(runner.forward)
-        options["runner"] = runner
-        started = time.perf_counter()
-        tower.embed_waveforms(clips, batch_size=32, **options)
-        result["compile_s"] = round(time.perf_counter() - started, 1)
-    setup_rss = rss_mb()
-
-    if variant == "reference":
-        def run() -> None:
-            for wave in clips[:4]:
-                tower.backbone(tower.frontend(wave[None].to(device)))
-        rate = _rate(run, 4, device)
-    elif variant == "batch1":
-        rate = _rate(lambda: tower.embed_waveforms(clips[:8], batch_size=1), 8, device)
-    elif variant == "batch32-bf16":
-        def run() -> None:
-            with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
-                tower.embed_waveforms(clips, batch_size=32)
-        rate = _rate(run, 32, device)
-    else:
-        rate = _rate(lambda: tower.embed_waveforms(clips, batch_size=32, **options), 32, device)
-    return {**result, "clips_per_s": rate, "setup_rss_mb": setup_rss}
 
 
 def _unit_vectors(n: int, dim: int, seed: int, structured: bool) -> torch.Tensor:
@@ -298,7 +253,8 @@ def write_noise_wav(path: Path, seconds: float, rate: int = 44_100, seed: int = 
 
 
 # What a worker process measures, by kind: the functions above, and the dry run's (imported when used).
-MEASUREMENTS = {"embed": measure_embed, "search": measure_search, "train": measure_train, "load": measure_load,
+MEASUREMENTS = {"embed": "hybrid_retrieval.experiments.embed_speed:measure_audio",
+                "text": "hybrid_retrieval.experiments.embed_speed:measure_text", "search": measure_search, "train": measure_train, "load": measure_load,
                 "embed_file": measure_embed_file,
                 "dryrun_loader": "hybrid_retrieval.experiments.dryrun:measure_loader",
                 "dryrun_step": "hybrid_retrieval.experiments.dryrun:measure_step"}
@@ -342,12 +298,9 @@ def machine(device: str) -> dict:
             "python": platform.python_version(), "device": device,
             "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None,
             "load_before": [round(x, 2) for x in os.getloadavg()], "command": " ".join(sys.argv)}
-    try:
-        import faiss
-
-        info["faiss"] = faiss.__version__
-    except ImportError:
-        pass
+    for module in ("faiss", "onnxruntime", "openvino", "sentence_transformers"):
+        with contextlib.suppress(ImportError):
+            info[module] = importlib.import_module(module).__version__
     return info
 
 
@@ -356,35 +309,33 @@ def mb(value: float | None) -> str:
 
 
 def bench_embed(args: argparse.Namespace) -> str:
-    variants = list(EMBED_VARIANTS)
-    if args.device.startswith("cuda"):
-        variants.append("batch32-bf16")
-    if args.compile:
-        variants.append("batch32-compile")
-    runs: dict[str, list[dict]] = {v: [] for v in variants}
-    for r in range(args.rounds):
-        print(f"embed, round {r + 1}/{args.rounds}", flush=True)
-        for variant in variants:
-            runs[variant].append(run_worker("embed", variant=variant, device=args.device, model=args.audio_model,
-                                            threads=args.threads))
-    rows = {}
-    for variant in variants:
-        rates = [m["clips_per_s"] for m in runs[variant]]
-        ratios = [m["clips_per_s"] / ref["clips_per_s"] for m, ref in zip(runs[variant], runs["reference"])]
-        rows[EMBED_LABELS[variant]] = {
-            "clips/s (median)": f"{statistics.median(rates):.1f}",
-            "per round": " / ".join(f"{x:.1f}" for x in rates),
-            "× reference (median of rounds)": f"{statistics.median(ratios):.2f}",
-            "RSS after setup / peak, MB": f"{mb(statistics.median(m['setup_rss_mb'] for m in runs[variant]))} / "
-                                          f"{mb(max(m['peak_rss_mb'] for m in runs[variant]))}",
-            **({"peak CUDA MB": mb(max(m["peak_cuda_mb"] for m in runs[variant]))}
-               if args.device.startswith("cuda") else {}),
-            **({"compile s": str(runs[variant][0]["compile_s"])} if "compile_s" in runs[variant][0] else {}),
-        }
-    order = ["clips/s (median)", "× reference (median of rounds)", "per round", "RSS after setup / peak, MB",
-             "peak CUDA MB", "compile s"]
-    columns = [c for c in order if any(c in row for row in rows.values())]
-    return markdown_table(rows, columns, f"{args.audio_model}, {args.device}, fp32")
+    """The audio embedding variants, interleaved over --rounds rounds in one process (embed_speed)."""
+    from hybrid_retrieval.experiments.embed_speed import audio_table
+
+    print("embed: audio", flush=True)
+    m = run_worker("embed", device=args.device, model=args.audio_model, rounds=args.rounds,
+                   min_seconds=args.min_seconds, efficientat_repo=args.efficientat_repo, compile=args.compile,
+                   threads=args.threads)
+    notes = [f"runtime chosen by auto: {m['auto']}",
+             f"RSS after setup / peak: {mb(m['setup_rss_mb'])} / {mb(m['peak_rss_mb'])} MB"]
+    if "embedding_difference" in m:
+        notes.append("embeddings of the original and the project, same weights: largest difference "
+                     f"{m['embedding_difference']:.1e} of the largest value")
+    return audio_table(m, f"{args.audio_model}, {args.device}, fp32, 10-s clips") + "\n\n" + "; ".join(notes)
+
+
+def bench_text(args: argparse.Namespace) -> str:
+    """Captions/s of the text tower against sentence-transformers, interleaved (embed_speed)."""
+    from hybrid_retrieval.experiments.embed_speed import text_table
+
+    print("embed: text", flush=True)
+    m = run_worker("text", device=args.device, rounds=args.rounds, batch_sizes=args.text_batch_sizes,
+                   min_seconds=args.min_seconds, threads=args.threads)
+    notes = [f"{m['captions']} SynthMusic captions",
+             ("largest |difference| of the L2-normalised embeddings (text normalisation off): "
+              f"{m['max_embedding_difference']:.1e}"),
+             f"RSS after setup / peak: {mb(m['setup_rss_mb'])} / {mb(m['peak_rss_mb'])} MB"]
+    return text_table(m, f"all-MiniLM-L6-v2, {args.device}, fp32") + "\n\n" + "; ".join(notes)
 
 
 def bench_search(args: argparse.Namespace) -> str:
@@ -474,14 +425,20 @@ def bench_load(args: argparse.Namespace) -> str:
 def run_benchmarks(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--worker", nargs=2, metavar=("KIND", "JSON"), help=argparse.SUPPRESS)
-    parser.add_argument("--only", default="embed,search,train,load",
-                        help="comma-separated subset of embed,search,train,load")
+    parser.add_argument("--only", default="embed,text,search,train,load",
+                        help="comma-separated subset of embed,text,search,train,load")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per measurement (CPU)")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the embedding variants")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the embedding variants")
+    parser.add_argument("--min-seconds", type=float, default=3.0, help="time of each embedding variant per round")
     parser.add_argument("--audio-model", default="mn04_as", help="EfficientAT model of the embedding benchmark")
+    parser.add_argument("--efficientat-repo", default=None, metavar="DIR",
+                        help="a checkout of the original EfficientAT (github.com/fschmid56/EfficientAT), run "
+                             "beside the project's tower; it needs torchaudio importable (not a dependency)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="add a torch.compile embedding row (default: on CUDA only)")
+    parser.add_argument("--text-batch-sizes", default="32,256",
+                        help="batch sizes of the text embedding benchmark (comma-separated)")
     parser.add_argument("--sizes", default="10000,100000,1000000", help="catalogue sizes of the search benchmark")
     parser.add_argument("--dim", type=int, default=1024, help="embedding size (default: the models' 1024)")
     parser.add_argument("--synthmusic", default="data/synthmusic", help="SynthMusic root of the training benchmark")
@@ -501,10 +458,16 @@ def run_benchmarks(argv: list[str] | None = None) -> int:
         return 0
     args.sizes = [int(s) for s in args.sizes.split(",")]
     args.load_minutes = [float(m) for m in args.load_minutes.split(",")]
+    args.text_batch_sizes = [at_least_one(s) for s in args.text_batch_sizes.split(",")]
+    if args.efficientat_repo and "embed" in args.only.split(","):
+        from hybrid_retrieval.experiments.embed_speed import check_efficientat_repo
+
+        args.efficientat_repo = str(check_efficientat_repo(args.efficientat_repo))
     if args.compile is None:
         args.compile = args.device.startswith("cuda")
     info = machine(args.device)
     sections = {"embed": ("Audio embedding throughput (10-s clips/s)", bench_embed),
+                "text": ("Text embedding throughput (captions/s)", bench_text),
                 "search": ("Search, top-10 (random unit vectors)", bench_search),
                 "train": ("Training step time (SynthMusic)", bench_train),
                 "load": ("Long recordings: windowed reading and embedding", bench_load)}
