@@ -53,9 +53,12 @@ def add_index_commands(sub: argparse._SubParsersAction) -> None:
     info.add_argument("--json", action="store_true", help="print the index's header as JSON")
     info.set_defaults(func=_info)
 
-    search = sub.add_parser("search", help="rank an index's items for text queries")
+    search = sub.add_parser("search", help="rank an index's items for text queries or example clips")
     search.add_argument("index", help="index file (from `hybrid-retrieval index build`)")
-    search.add_argument("queries", nargs="+", metavar="QUERY", help="one or more text queries")
+    search.add_argument("queries", nargs="*", metavar="QUERY", help="one or more text queries")
+    search.add_argument("--audio", action="append", default=[], metavar="CLIP",
+                        help="an example clip to rank the catalogue by (query by example; repeatable): the clip is "
+                             "embedded as a catalogue item of audio alone, and itself left out of its results")
     search.add_argument("--top", type=at_least_one, default=10, help="results per query (default 10)")
     search.add_argument("--json", action="store_true", help="one JSON object per query and line")
     search.add_argument("--checkpoint", default=None,
@@ -141,31 +144,61 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _search(args: argparse.Namespace) -> int:
-    from hybrid_retrieval.embedding import embed_queries
-    from hybrid_retrieval.index import load_index
+    from hybrid_retrieval.index.store import load_index
 
+    if args.audio and args.queries:
+        raise BadInputError("give text queries or --audio clips, not both")
+    if not args.audio and not args.queries:
+        raise BadInputError("give one or more text queries, or --audio CLIP")
     check_queries(args.queries)
+    clips = [readable_file(clip, "audio file") for clip in args.audio]
     index = load_index(args.index, require=("model", "checkpoint"))
+    checkpoint = _checkpoint_of(index, args.checkpoint)
+    if clips:
+        return _search_audio(args, index, checkpoint, clips)
+    from hybrid_retrieval.index.query_encoder import open_query_encoder
+
+    encoder = open_query_encoder(index, checkpoint, args.device)
+    for number, query in enumerate(args.queries, 1):
+        if cut := encoder.truncation(query):
+            print(f"warning: query {number} is {cut[0]} word pieces long; the text tower reads the first "
+                  f"{encoder.max_length} of them: {printable(cut[1])!r}", file=sys.stderr)
+    scores, rows = index.search(encoder.encode(args.queries), args.top, exact=args.exact)
+    for query, row_scores, row_ids in zip(args.queries, scores, rows):
+        _print_results(index, "query", query, row_scores, row_ids, args.json)
+    return 0
+
+
+def _checkpoint_of(index, given: str | None) -> Path:
+    """The checkpoint folder of an index, or `given` (NotFoundError saying to pass --checkpoint
+    when the index's has moved)."""
+    from hybrid_retrieval.training.checkpoint import find_checkpoint
+
     try:
-        model, _ = open_checkpoint(args.checkpoint or index.checkpoint, args.device)
+        return find_checkpoint(given or index.checkpoint).resolve()
     except NotFoundError as exc:
-        if args.checkpoint:
+        if given:
             raise
         raise NotFoundError(f"{exc} (the index's checkpoint has moved? pass --checkpoint)") from exc
+
+
+def _search_audio(args: argparse.Namespace, index, checkpoint: Path, clips: list[Path]) -> int:
+    """Query by example: the whole model (audio tower and item encoder) is loaded and checked."""
+    model, _ = open_checkpoint(str(checkpoint), args.device)
     index.check_model(model)
-    for number, query in enumerate(args.queries, 1):
-        if cut := model.text_tower.truncation(query):
-            print(f"warning: query {number} is {cut[0]} word pieces long; the text tower reads the first "
-                  f"{model.text_tower.max_length} of them: {printable(cut[1])!r}", file=sys.stderr)
-    scores, rows = index.search(embed_queries(model, args.queries, progress=False), args.top, exact=args.exact)
-    for query, row_scores, row_ids in zip(args.queries, scores.tolist(), rows.tolist()):
-        hits = [{"rank": rank, "score": round(score, 4), "id": index.ids[row], "path": index.paths[row]}
-                for rank, (score, row) in enumerate(((s, r) for s, r in zip(row_scores, row_ids) if r >= 0), 1)]
-        if args.json:
-            print(json.dumps({"query": query, "results": hits}))
-            continue
-        print(f"{query!r}")
-        print(f"  {'rank':>4}  {'score':>6}  item")
-        for hit in hits:
-            print(f"  {hit['rank']:>4}  {hit['score']:6.3f}  {printable(hit['id'])}")
+    for clip, given in zip(clips, args.audio):
+        scores, rows = index.search_audio(model, clip, args.top, exact=args.exact)
+        _print_results(index, "audio", given, scores, rows, args.json)
     return 0
+
+
+def _print_results(index, kind: str, query: str, scores, rows, as_json: bool) -> None:
+    hits = [{"rank": rank, "score": round(score, 4), "id": index.ids[row], "path": index.paths[row]}
+            for rank, (score, row) in enumerate(((s, r) for s, r in zip(scores.tolist(), rows.tolist()) if r >= 0), 1)]
+    if as_json:
+        print(json.dumps({kind: query, "results": hits}))
+        return
+    print(f"{printable(query)!r}" if kind == "query" else f"like {printable(query)}:")
+    print(f"  {'rank':>4}  {'score':>6}  item")
+    for hit in hits:
+        print(f"  {hit['rank']:>4}  {hit['score']:6.3f}  {printable(hit['id'])}")
