@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -173,41 +173,54 @@ def embed_catalogue(model: RetrievalModel, paths: Sequence[str | Path], metadata
     one), ahead of the audio tower and across chunks. One progress bar counts the files, with
     their rate and the time left.
     """
+    chunks = [range(start, min(start + chunk_size, len(paths))) for start in range(0, len(paths), chunk_size)]
+    parts = list(embed_catalogue_chunks(model, paths, chunks, metadata, cache_dir, window_seconds, progress, workers))
+    return torch.cat([torch.empty(0, model.config.embed_dim), *parts])
+
+
+def embed_catalogue_chunks(model: RetrievalModel, paths: Sequence[str | Path], chunks: Sequence[range],
+                           metadata: Sequence[str] | None = None, cache_dir: str | Path | None = None,
+                           window_seconds: float | None = None, progress: bool = True,
+                           workers: int = DEFAULT_WORKERS) -> Iterator[Tensor]:
+    """The normalised item embeddings of each of `chunks` (ranges of positions into `paths`, in
+    increasing order) in turn, as `embed_catalogue` computes them: one audio reader runs ahead
+    across all chunks, so a caller can store each chunk's result (a sharded build writes shards)
+    while the next chunk's files are being read."""
     with eval_mode(model):
-        return _embed_catalogue(model, paths, metadata, cache_dir, window_seconds, progress, chunk_size, workers)
+        yield from _embed_chunks(model, paths, chunks, metadata, cache_dir, window_seconds, progress, workers)
 
 
-def _embed_catalogue(model: RetrievalModel, paths: Sequence[str | Path], metadata: Sequence[str] | None,
-                     cache_dir: str | Path | None, window_seconds: float | None, progress: bool,
-                     chunk_size: int, workers: int) -> Tensor:
+def _embed_chunks(model: RetrievalModel, paths: Sequence[str | Path], chunks: Sequence[range],
+                  metadata: Sequence[str] | None, cache_dir: str | Path | None, window_seconds: float | None,
+                  progress: bool, workers: int) -> Iterator[Tensor]:
     texts = None
     if model.uses_metadata:
         texts = list(metadata) if metadata is not None else [""] * len(paths)
         metadata_tower = model.metadata_encoder
         text_store = text_cache(metadata_tower, cache_dir, keep_tokens=True)
-    parts = [torch.empty(0, model.config.embed_dim)]
-    with tqdm(total=len(paths), desc="embedding items", unit="file", disable=not progress) as bar, \
+    wanted = [paths[i] for chunk in chunks for i in chunk]
+    with tqdm(total=len(wanted), desc="embedding items", unit="file", disable=not progress) as bar, \
             contextlib.ExitStack() as stack:
         reader = None
         if model.item_encoder.uses_audio:
             audio_store = audio_cache(model.audio_tower, cache_dir, window_seconds)
-            reader = stack.enter_context(audio_reader(model.audio_tower, paths, audio_store, window_seconds,
+            reader = stack.enter_context(audio_reader(model.audio_tower, wanted, audio_store, window_seconds,
                                                       workers, progress=bar))
-        for start in range(0, len(paths), chunk_size):
-            chunk = slice(start, start + chunk_size)
+        for chunk in chunks:
+            chunk_paths = [paths[i] for i in chunk]
             audio = meta = present = None
             read_before = reader.files_read if reader is not None else 0
             if reader is not None:
-                audio = require_outputs(audio_outputs(model.audio_tower, paths[chunk], audio_store,
+                audio = require_outputs(audio_outputs(model.audio_tower, chunk_paths, audio_store,
                                                       window_seconds=window_seconds, progress=False, reader=reader),
-                                        paths[chunk])
+                                        chunk_paths)
             if texts is not None:
-                meta = text_outputs(metadata_tower, texts[chunk], text_store, keep_tokens=True, progress=False)
-                present = metadata_present(texts[chunk])
-            parts.append(item_embeddings(model, audio, meta, present))
+                chunk_texts = [texts[i] for i in chunk]
+                meta = text_outputs(metadata_tower, chunk_texts, text_store, keep_tokens=True, progress=False)
+                present = metadata_present(chunk_texts)
             read = reader.files_read - read_before if reader is not None else 0
-            bar.update(len(paths[chunk]) - read)  # the files read were counted as they were read
-    return torch.cat(parts)
+            bar.update(len(chunk) - read)  # the files read were counted as they were read
+            yield item_embeddings(model, audio, meta, present) if len(chunk) else torch.empty(0, model.config.embed_dim)
 
 
 def example_embedding(model: RetrievalModel, clip: str | Path | np.ndarray | Tensor,

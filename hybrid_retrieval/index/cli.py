@@ -13,11 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
 from pathlib import Path
 
 from hybrid_retrieval.errors import BadInputError, NotFoundError
-from hybrid_retrieval.terminal import at_least_one, check_queries, printable, readable_file, recall, window_length
+from hybrid_retrieval.terminal import at_least_one, at_least_zero, check_queries, printable, readable_file, recall, window_length
 
 
 def add_index_commands(sub: argparse._SubParsersAction) -> None:
@@ -45,6 +46,11 @@ def add_index_commands(sub: argparse._SubParsersAction) -> None:
     build.add_argument("--window-seconds", type=window_length, default=None,
                        help="embed longer clips as the mean of windows of this length, read one at a time "
                             "(default: the audio model's training clip length, 10 s; 0: whole clips)")
+    build.add_argument("--workers", type=at_least_zero, default=None,
+                       help="processes that decode and resample audio ahead of the audio tower (default: the "
+                            "cores less one, at most 8; 0: read in the main process)")
+    build.add_argument("--shard-items", type=at_least_one, default=1024,
+                       help="items per shard of a build under torchrun (the unit a killed build resumes from)")
     build.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     build.set_defaults(func=_build)
 
@@ -88,27 +94,56 @@ def read_lines(path: str | Path) -> list[str]:
 
 
 def _build(args: argparse.Namespace) -> int:
+    from hybrid_retrieval import distributed
+
+    sharded = distributed.init_from_env()  # under torchrun: each rank embeds its shards
+    try:
+        return _build_index(args, sharded)
+    finally:
+        if sharded:
+            import torch.distributed
+
+            torch.distributed.destroy_process_group()
+
+
+def _build_index(args: argparse.Namespace, sharded: bool) -> int:
+    from hybrid_retrieval import distributed
+    from hybrid_retrieval.audio.reader import DEFAULT_WORKERS
     from hybrid_retrieval.data.catalogue import load_catalogue
     from hybrid_retrieval.hub import check_writable, save_or_rescue
     from hybrid_retrieval.index import build_index, save_index
+    from hybrid_retrieval.index.sharded import build_index_sharded, shard_folder
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    main = distributed.is_main_process()
     check_writable(args.out)  # the outputs are checked before anything is loaded or embedded
     if args.cache_dir:
         check_writable(args.cache_dir, directory=True)
+    if sharded:
+        check_writable(shard_folder(args.out), directory=True)
     model, checkpoint = open_checkpoint(args.checkpoint, args.device)
     window_seconds = model.audio_tower.default_window_seconds if args.window_seconds is None else args.window_seconds
-    items = load_catalogue(args.source, args.metadata)
-    recall_queries = read_lines(args.recall_queries) if args.recall_queries else None
-    # about what the index file will take: the float32 embeddings and each item's names
-    check_writable(args.out, need_bytes=len(items) * (4 * model.config.embed_dim + 512))
-    if args.metadata and not model.uses_metadata:
-        print(f"note: the checkpoint is content-only (fusion={model.config.fusion!r}); --metadata is not used",
-              file=sys.stderr)
-    index = build_index(model, items, checkpoint, source=args.source, approximate=args.approximate,
-                        target_recall=args.target_recall, recall_queries=recall_queries, cache_dir=args.cache_dir,
-                        window_seconds=window_seconds or None)
+    items = recall_queries = None
+    if main:  # the other ranks of a sharded build receive the catalogue from rank 0
+        items = load_catalogue(args.source, args.metadata)
+        recall_queries = read_lines(args.recall_queries) if args.recall_queries else None
+        # about what the index file will take: the float32 embeddings and each item's names
+        check_writable(args.out, need_bytes=len(items) * (4 * model.config.embed_dim + 512))
+        if args.metadata and not model.uses_metadata:
+            print(f"note: the checkpoint is content-only (fusion={model.config.fusion!r}); --metadata is not used",
+                  file=sys.stderr)
+    options = {"source": args.source, "approximate": args.approximate, "target_recall": args.target_recall,
+               "recall_queries": recall_queries, "cache_dir": args.cache_dir, "window_seconds": window_seconds or None,
+               "workers": DEFAULT_WORKERS if args.workers is None else args.workers}
+    if sharded:
+        index = build_index_sharded(model, items, checkpoint, args.out, shard_items=args.shard_items, **options)
+        if index is None:  # not rank 0: its shards are written
+            return 0
+    else:
+        index = build_index(model, items, checkpoint, **options)
     save_or_rescue(lambda path: save_index(index, path), args.out, f"the index of {len(index)} embedded items")
+    if sharded:
+        shutil.rmtree(shard_folder(args.out), ignore_errors=True)
     print(f"indexed {len(index)} items ({index.info['dim']}-d) from {printable(args.source)} with "
           f"{printable(checkpoint['path'])} -> {printable(args.out)}")
     _print_search(index.info["search"])

@@ -238,14 +238,15 @@ def catalogue_inputs(model: RetrievalModel, items: Sequence[CatalogueItem]) -> t
 def assemble_index(model: RetrievalModel, items: Sequence[CatalogueItem], paths: list[str],
                    metadata: list[str] | None, embeddings: Tensor, checkpoint: dict, *, source: str = "", approximate: str | None = None, target_recall: float = 0.95,
                    recall_queries: Sequence[str] | None = None, window_seconds: float | None = None,
-                   progress: bool = True) -> SearchIndex:
+                   progress: bool = True, identity: dict | None = None) -> SearchIndex:
     """The index of `items` (with their `catalogue_inputs`) whose embeddings `model` computed
-    (see build_index; a sharded build computes them on several processes)."""
+    (see build_index; a sharded build computes them on several processes). identity: the
+    model's `model_identity`, if the caller has it already (it hashes every weight)."""
     from hybrid_retrieval.embedding import embed_queries
 
     kinds = model.config.metadata if model.uses_metadata else ""
     info = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "source": source,
-            "size": len(items), "dim": embeddings.shape[1], "model": model_identity(model),
+            "size": len(items), "dim": embeddings.shape[1], "model": identity or model_identity(model),
             "checkpoint": checkpoint, "embedding": {"metadata_kinds": kinds, "window_seconds": window_seconds}}
     index = SearchIndex(embeddings, [item.item_id for item in items], paths, metadata or [""] * len(items), info)
     if approximate:
