@@ -188,6 +188,10 @@ def _search(args: argparse.Namespace) -> int:
     check_queries(args.queries)
     clips = [readable_file(clip, "audio file") for clip in args.audio]
     index = load_index(args.index, require=("model", "checkpoint"))
+    try:
+        index.query_identity  # noqa: B018 - read here, so that a damaged one is named with the file
+    except BadInputError as exc:
+        raise BadInputError(f"{args.index} is a damaged index: {exc}") from exc
     checkpoint = _checkpoint_of(index, args.checkpoint)
     if clips:
         return _search_audio(args, index, checkpoint, clips)
