@@ -57,7 +57,7 @@ def embed_audio_files(tower: AudioTower, paths: Sequence[str | Path], batch_size
     window = tower.window_samples(window_seconds)
     source = reader if reader is not None else AudioReader([], window, tower.sample_rate)
     if source.window != window or source.sample_rate != tower.sample_rate:
-        raise ValueError(f"the reader cuts {source.window}-sample windows at {source.sample_rate} Hz, the tower "
+        raise BadInputError(f"the reader cuts {source.window}-sample windows at {source.sample_rate} Hz, the tower "
                          f"needs {window} at {tower.sample_rate} Hz")
     failures: dict[int, AudioLoadError] = {}
     per_file = tower.embed_windows(source.pieces(paths, failures), len(paths), batch_size, runner=runner)

@@ -60,6 +60,11 @@ class QueryModel(nn.Module):
         with eval_mode(self):
             return self(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)).cpu()
 
+    @property
+    def max_length(self) -> int:
+        """Word pieces the text tower reads of a query (special tokens included)."""
+        return self.text_tower.max_length
+
     def truncation(self, text: str) -> tuple[int, str] | None:
         """See TextTower.truncation."""
         return self.text_tower.truncation(text)
