@@ -117,6 +117,9 @@ class SearchIndex:
         """Raise IncompatibleModelError unless `identity` (`query_model.query_identity` of a model
         or checkpoint) is that of the index's model: then its text queries are the index's."""
         expected = self.query_identity
+        if expected is None:
+            raise BadInputError("this index records no query identity (it was built before they were): "
+                                "check the whole model with check_model")
         if identity == expected:
             return
         self._refuse([name for name, differs in (
