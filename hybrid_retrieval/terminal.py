@@ -23,15 +23,24 @@ def printable(text: object) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
-def at_least_one(value: str) -> int:
-    """argparse type of counts such as --top: an integer of at least 1."""
+def _count(value: str, minimum: int) -> int:
     try:
         number = int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {number}")
+    if number < minimum:
+        raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {number}")
     return number
+
+
+def at_least_one(value: str) -> int:
+    """argparse type of counts such as --top: an integer of at least 1."""
+    return _count(value, 1)
+
+
+def at_least_zero(value: str) -> int:
+    """argparse type of counts that may be 0, such as --workers."""
+    return _count(value, 0)
 
 
 def _number(value: str) -> float:

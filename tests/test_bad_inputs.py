@@ -332,6 +332,9 @@ CASES = [
     Case("target recall above 1", lambda w, t: _build(w, t, "--target-recall", "1.5"), 2, ("--target-recall", "1.5")),
     Case("window seconds negative", lambda w, t: _build(w, t, "--window-seconds", "-1"), 2,
          ("--window-seconds", "at least 0")),
+    Case("build workers negative", lambda w, t: _build(w, t, "--workers", "-1"), 2, ("--workers", "at least 0, not -1")),
+    Case("build shard items 0", lambda w, t: _build(w, t, "--shard-items", "0"), 2, ("--shard-items", "at least 1")),
+    Case("build reads in the main process", lambda w, t: _build(w, t, "--workers", "0"), 0, also=_indexed(3)),
     # ---- bad audio among good files: skipped with one warning naming it, the rest processed
     Case("tag skips a NaN clip, tags the rest", lambda w, t: ["tag", str(_bad_audio_folder(w, t) / "nan.wav"),
          str(t / "bad_audio" / "low.wav")], 1, ("{tmp}/bad_audio/nan.wav", "no finite samples"),
@@ -378,6 +381,24 @@ CASES = [
     Case("search damaged index", lambda w, t: ["search", str(index_with(
         w, t, header=lambda h: h["checkpoint"].pop("path") and None)), "rain"], 2,
          ("damaged index", "'checkpoint.path' is missing")),
+    Case("search damaged query identity", lambda w, t: ["search", str(index_with(
+        w, t, header=lambda h: h["model"]["parts"].update(query="text"))), "rain"], 2,
+         ("{tmp}/edited.index is a damaged index", "'model.parts.query' is a str")),
+    Case("search checkpoint with truncated weights", lambda w, t: ["search", str(w.index), "rain", "--checkpoint", str(
+        checkpoint_with(w, t, lambda d: (d / "model.safetensors").write_bytes(b"")))], 2,
+         ("{tmp}/checkpoint/model.safetensors is damaged or truncated",)),
+    Case("search neither queries nor clips", lambda w, t: ["search", str(w.index)], 2,
+         ("give one or more text queries, or --audio CLIP",)),
+    Case("search text and clip", lambda w, t: ["search", str(w.index), "rain", "--audio", str(w.clips / "low.wav")], 2,
+         ("not both",)),
+    Case("search clip missing", lambda w, t: ["search", str(w.index), "--audio", str(t / "no.wav")], 2,
+         ("audio file not found: {tmp}/no.wav",)),
+    Case("search clip a folder", lambda w, t: ["search", str(w.index), "--audio", str(t)], 2,
+         ("audio file {tmp} is not a file",)),
+    Case("search clip not audio", lambda w, t: ["search", str(w.index), "--audio", str(
+        _bad_audio_folder(w, t) / "notes.mp3")], 2, ("{tmp}/bad_audio/notes.mp3", "not an audio file")),
+    Case("search clip of NaN samples", lambda w, t: ["search", str(w.index), "--audio", str(
+        _bad_audio_folder(w, t) / "nan.wav")], 2, ("{tmp}/bad_audio/nan.wav", "no finite samples")),
     # ---- similar
     Case("similar top 0", lambda w, t: _similar(w, "--top", "0"), 2, ("--top", "not 0")),
     Case("similar symlink loop query", lambda w, t: _similar(w, query=_loop(t)), 2,

@@ -1,11 +1,12 @@
-"""Speed and scale benchmarks: audio and text embedding, search, training steps, long files, and the memory of each.
+"""Speed and scale benchmarks: audio and text embedding, search, training steps, long files, files
+to index, cold text search, and the memory of each.
 
-    python scripts/bench.py                                   # all five on this machine's CPU
+    python scripts/bench.py                                   # all of them on this machine's CPU
     python scripts/bench.py --only embed,text --efficientat-repo DIR   # beside the original EfficientAT
     python scripts/bench.py --only search --sizes 10000,100000
-    python scripts/bench.py --device cuda                     # on a GPU: adds a torch.compile row
+    python scripts/bench.py --only catalogue,coldstart        # files to index vs the tower; cold search
     python scripts/bench.py --only load --load-minutes 1,10,60,120   # crops and embedding of long files
-
+    python scripts/bench.py --device cuda                     # on a GPU: adds a torch.compile row
 
 (`scripts/bench.py` calls `run_benchmarks` here.) Every measurement runs in its own subprocess
 (`python -m hybrid_retrieval.experiments.speed --worker KIND JSON`), so its peak memory is that process's maximum
@@ -31,6 +32,17 @@ sides alike. Results go to stdout and to --out (JSON and Markdown); every row na
    file decoded and sliced against the windowed read training crops use (`random_crop`), side by
    side per length; and embedding a whole file as `tag` and `index build` do (`embed_audio_files`):
    window by window (the default, 10-s windows) against one forward pass over the whole file.
+5. catalogue: files/s from audio files to a saved index (`build_index` with a feature cache, then
+   `save_index`: catalogue scan, decoding, resampling, tower, heads, cache and index writes) on
+   generated clips of mixed lengths, rates and formats, with the audio read by 0, 1 and 2 worker
+   processes, beside the tower alone on the same clips decoded beforehand (`embed_windows` on the
+   same pieces). Each variant runs once to warm up (oneDNN builds kernels per input shape) and is
+   then timed; the ratios are medians of per-round ratios.
+6. coldstart: seconds of a text `hybrid-retrieval search` in a new process (median of `--cold-runs`),
+   with the cached ONNX query encoder, on a first search (no cached encoder: the text tower is
+   built and its export written), and for an index without a query identity (the whole model
+   loaded and its weights hashed, as every search did before); and each split into import
+   (the modules of the command), load (index, checkpoint check, query encoder) and query.
 """
 from __future__ import annotations
 
@@ -252,10 +264,117 @@ def write_noise_wav(path: Path, seconds: float, rate: int = 44_100, seed: int = 
     return path
 
 
+CATALOGUE_RATES = (16_000, 22_050, 32_000, 44_100, 48_000)
+CATALOGUE_VARIANTS = {"tower": "audio tower alone (clips decoded beforehand)",
+                      "e2e-0": "files to index, read in the main process (0 workers)",
+                      "e2e-1": "files to index, 1 reader process",
+                      "e2e-2": "files to index, 2 reader processes"}
+
+
+def make_mixed_clips(folder: Path, count: int, seed: int = 0) -> list[Path]:
+    """`count` clips of 2 to 25 s (uniform) at the rates of CATALOGUE_RATES, as WAV and FLAC in
+    turn: tones over noise. The same files for a seed."""
+    import numpy as np
+    import soundfile as sf
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        rate, seconds = CATALOGUE_RATES[i % len(CATALOGUE_RATES)], float(rng.uniform(2.0, 25.0))
+        t = np.arange(int(rate * seconds)) / rate
+        wave = 0.2 * np.sin(2 * np.pi * rng.uniform(80, 4000) * t) + 0.05 * rng.standard_normal(len(t))
+        path = folder / f"clip{i:04d}.{('wav', 'flac')[i % 2]}"
+        if not path.exists():
+            sf.write(path, wave.astype(np.float32), rate)
+        paths.append(path)
+    return paths
+
+
+def measure_catalogue(variant: str, device: str, folder: str, count: int, window_seconds: float) -> dict:
+    import tempfile
+
+    from hybrid_retrieval.audio.io import audio_windows
+    from hybrid_retrieval.data.catalogue import load_catalogue
+    from hybrid_retrieval.index import build_index, save_index
+    from hybrid_retrieval.model import create_model
+
+    model = create_model("mn04_minilm", pretrained=False).to(device).eval()  # speed only
+    paths = make_mixed_clips(Path(folder), count)
+    tower = model.audio_tower
+    if variant == "tower":
+        window = tower.window_samples(window_seconds)
+        pieces = [(i, torch.from_numpy(piece)) for i, path in enumerate(paths) for piece in audio_windows(path, window)]
+
+        def run() -> None:
+            tower.embed_windows(iter(pieces), len(paths), 32)
+    else:
+        workers = int(variant.split("-")[1])
+
+        def run() -> None:
+            with tempfile.TemporaryDirectory() as tmp:
+                index = build_index(model, load_catalogue(folder), {"path": "bench"}, cache_dir=Path(tmp) / "cache",
+                                    window_seconds=window_seconds, progress=False, workers=workers)
+                save_index(index, Path(tmp) / "bench.index")
+    run()  # warm-up: oneDNN builds its kernels for each new input shape on first use
+    setup_rss = _rss_mb()
+    _sync(device)
+    start = time.perf_counter()
+    run()
+    _sync(device)
+    seconds = time.perf_counter() - start
+    return {"files_per_s": len(paths) / seconds, "seconds": seconds, "setup_rss_mb": setup_rss}
+
+
+# A text search as `hybrid-retrieval search` runs it, timed in its parts (run with `python -c`, so
+# that the imports are timed cold: argv = index, query).
+COLD_SEARCH = """
+import json, sys, time
+start = time.perf_counter()
+import hybrid_retrieval.cli
+from hybrid_retrieval.index.query_encoder import open_query_encoder
+from hybrid_retrieval.index.store import load_index
+imported = time.perf_counter()
+index = load_index(sys.argv[1], require=("model", "checkpoint"))
+encoder = open_query_encoder(index)
+loaded = time.perf_counter()
+scores, rows = index.search(encoder.encode([sys.argv[2]]), 10)
+print([index.ids[row] for row in rows[0].tolist()], file=sys.stderr)
+done = time.perf_counter()
+print("RESULT " + json.dumps({"import_s": imported - start, "load_s": loaded - imported, "query_s": done - loaded}))
+"""
+
+
+def prepare_coldstart(device: str, folder: str) -> dict:
+    """A checkpoint (mn04_minilm, text tower frozen, the audio tower's weights in the file so the
+    released ones are not needed), an index of 20 clips, and a copy of the index without the query
+    identity (the whole-model check indexes had before)."""
+    from hybrid_retrieval.data.catalogue import load_catalogue
+    from hybrid_retrieval.fingerprint import module_state_hash
+    from hybrid_retrieval.index import build_index, save_index
+    from hybrid_retrieval.model import create_model
+    from hybrid_retrieval.training.checkpoint import TrainingState, save_checkpoint
+
+    root = Path(folder)
+    make_mixed_clips(root / "clips", 20)
+    torch.manual_seed(0)
+    model = create_model("mn04_minilm", pretrained=False).to(device).eval()
+    checkpoint = save_checkpoint(root / "checkpoint", model, {"audio_pretrained": False}, TrainingState(1, 1),
+                                 frozen=("text",))
+    index = build_index(model.freeze(text=True), load_catalogue(root / "clips"), {"path": str(checkpoint)},
+                        window_seconds=10.0, progress=False)
+    save_index(index, root / "new.index")
+    del index.info["model"]["parts"]
+    index.info["model"]["weights"] = module_state_hash(model)
+    save_index(index, root / "old.index")
+    return {"checkpoint": str(checkpoint)}
+
+
 # What a worker process measures, by kind: the functions above, and the dry run's (imported when used).
 MEASUREMENTS = {"embed": "hybrid_retrieval.experiments.embed_speed:measure_audio",
-                "text": "hybrid_retrieval.experiments.embed_speed:measure_text", "search": measure_search, "train": measure_train, "load": measure_load,
-                "embed_file": measure_embed_file,
+                "text": "hybrid_retrieval.experiments.embed_speed:measure_text", "search": measure_search,
+                "train": measure_train, "load": measure_load, "embed_file": measure_embed_file,
+                "catalogue": measure_catalogue, "coldstart": prepare_coldstart,
                 "dryrun_loader": "hybrid_retrieval.experiments.dryrun:measure_loader",
                 "dryrun_step": "hybrid_retrieval.experiments.dryrun:measure_step"}
 
@@ -422,11 +541,77 @@ def bench_load(args: argparse.Namespace) -> str:
     return crop_table + "\n\n" + file_table
 
 
+def bench_catalogue(args: argparse.Namespace) -> str:
+    folder = Path(args.out) / "mixed_clips"
+    runs: dict[str, list[dict]] = {v: [] for v in CATALOGUE_VARIANTS}
+    for r in range(args.rounds):
+        print(f"catalogue, round {r + 1}/{args.rounds}", flush=True)
+        for variant in CATALOGUE_VARIANTS:
+            runs[variant].append(run_worker("catalogue", variant=variant, device=args.device, folder=str(folder),
+                                            count=args.catalogue_files, window_seconds=10.0, threads=args.threads))
+    rows = {}
+    for variant, label in CATALOGUE_VARIANTS.items():
+        rates = [m["files_per_s"] for m in runs[variant]]
+        ratios = [m["files_per_s"] / t["files_per_s"] for m, t in zip(runs[variant], runs["tower"])]
+        rows[label] = {"files/s (median)": f"{statistics.median(rates):.1f}",
+                       "per round": " / ".join(f"{x:.1f}" for x in rates),
+                       "× tower alone (median of rounds)": f"{statistics.median(ratios):.2f}",
+                       "RSS after setup / peak, MB": f"{mb(statistics.median(m['setup_rss_mb'] for m in runs[variant]))} / "
+                                                     f"{mb(max(m['peak_rss_mb'] for m in runs[variant]))}"}
+    columns = ["files/s (median)", "× tower alone (median of rounds)", "per round", "RSS after setup / peak, MB"]
+    return markdown_table(rows, columns, f"{args.catalogue_files} clips of 2-25 s, 16-48 kHz, WAV/FLAC; mn04_as, "
+                                         f"{args.device}, 10-s windows")
+
+
+def _timed_process(command: list[str], env: dict) -> tuple[float, dict]:
+    started = time.perf_counter()
+    proc = subprocess.run(command, capture_output=True, text=True, env=env)
+    seconds = time.perf_counter() - started
+    if proc.returncode:
+        raise RuntimeError(f"{command} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    return seconds, json.loads(lines[-1][len("RESULT "):]) if lines else {}
+
+
+def bench_coldstart(args: argparse.Namespace) -> str:
+    import shutil
+
+    root = Path(args.out) / "coldstart"
+    cache = root / "cache"
+    run_worker("coldstart", folder=str(root), device=args.device)
+    env = {**os.environ, "HYBRID_RETRIEVAL_CACHE": str(cache)}
+    query = "a slow sad piano ballad"
+    rows = {}
+    empty = statistics.median(_timed_process([sys.executable, "-c", "pass"], env)[0] for _ in range(args.cold_runs))
+    # the first-search rows clear the cache before each run; their last export stays for the cached rows
+    for label, index, fresh in (("first search: no cached encoder (text tower built, export written)", "new.index",
+                                 True),
+                                ("cached ONNX query encoder", "new.index", False),
+                                ("index without a query identity (whole model loaded and hashed, as before)",
+                                 "old.index", False)):
+        walls, splits = [], []
+        for _ in range(args.cold_runs):
+            if fresh:
+                shutil.rmtree(cache, ignore_errors=True)
+            cli = [sys.executable, "-m", "hybrid_retrieval.cli", "search", str(root / index), query, "--top", "10"]
+            walls.append(_timed_process(cli, env)[0])
+            if fresh:
+                shutil.rmtree(cache, ignore_errors=True)
+            splits.append(_timed_process([sys.executable, "-c", COLD_SEARCH, str(root / index), query], env)[1])
+        print(f"  coldstart {label}: {walls} {splits}", flush=True)
+        rows[label] = {"command s (median)": f"{statistics.median(walls):.2f}",
+                       "per run": " / ".join(f"{x:.2f}" for x in walls),
+                       **{f"{part} s": f"{statistics.median(s[part + '_s'] for s in splits):.2f}"
+                          for part in ("import", "load", "query")}}
+    columns = ["command s (median)", "per run", "import s", "load s", "query s"]
+    return markdown_table(rows, columns, f"`search` in a new process (python itself: {empty:.2f} s)")
+
+
 def run_benchmarks(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--worker", nargs=2, metavar=("KIND", "JSON"), help=argparse.SUPPRESS)
-    parser.add_argument("--only", default="embed,text,search,train,load",
-                        help="comma-separated subset of embed,text,search,train,load")
+    parser.add_argument("--only", default="embed,text,search,train,load,catalogue,coldstart",
+                        help="comma-separated subset of embed,text,search,train,load,catalogue,coldstart")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per measurement (CPU)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the embedding variants")
@@ -451,6 +636,8 @@ def run_benchmarks(argv: list[str] | None = None) -> int:
                         help="longest file embedded in one pass too (its memory grows with the file)")
     parser.add_argument("--scratch", default=None, help="folder for the load benchmark's files (default: the "
                                                         "system's temporary folder; deleted afterwards)")
+    parser.add_argument("--catalogue-files", type=int, default=60, help="generated clips of the catalogue benchmark")
+    parser.add_argument("--cold-runs", type=int, default=5, help="new processes per cold-start measurement")
     parser.add_argument("--out", default="results/bench", help="folder for bench.json and bench.md")
     args = parser.parse_args(argv)
     if args.worker:
@@ -470,7 +657,9 @@ def run_benchmarks(argv: list[str] | None = None) -> int:
                 "text": ("Text embedding throughput (captions/s)", bench_text),
                 "search": ("Search, top-10 (random unit vectors)", bench_search),
                 "train": ("Training step time (SynthMusic)", bench_train),
-                "load": ("Long recordings: windowed reading and embedding", bench_load)}
+                "load": ("Long recordings: windowed reading and embedding", bench_load),
+                "catalogue": ("From files to index: end to end against the tower alone (files/s)", bench_catalogue),
+                "coldstart": ("Text search from a cold start", bench_coldstart)}
     tables = {}
     for name in args.only.split(","):
         title, bench = sections[name]

@@ -13,11 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
 from pathlib import Path
 
 from hybrid_retrieval.errors import BadInputError, NotFoundError
-from hybrid_retrieval.terminal import at_least_one, check_queries, printable, readable_file, recall, window_length
+from hybrid_retrieval.terminal import at_least_one, at_least_zero, check_queries, printable, readable_file, recall, window_length
 
 
 def add_index_commands(sub: argparse._SubParsersAction) -> None:
@@ -45,6 +46,11 @@ def add_index_commands(sub: argparse._SubParsersAction) -> None:
     build.add_argument("--window-seconds", type=window_length, default=None,
                        help="embed longer clips as the mean of windows of this length, read one at a time "
                             "(default: the audio model's training clip length, 10 s; 0: whole clips)")
+    build.add_argument("--workers", type=at_least_zero, default=None,
+                       help="processes that decode and resample audio ahead of the audio tower (default: the "
+                            "cores less one, at most 8; 0: read in the main process)")
+    build.add_argument("--shard-items", type=at_least_one, default=1024,
+                       help="items per shard of a build under torchrun (the unit a killed build resumes from)")
     build.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     build.set_defaults(func=_build)
 
@@ -53,9 +59,12 @@ def add_index_commands(sub: argparse._SubParsersAction) -> None:
     info.add_argument("--json", action="store_true", help="print the index's header as JSON")
     info.set_defaults(func=_info)
 
-    search = sub.add_parser("search", help="rank an index's items for text queries")
+    search = sub.add_parser("search", help="rank an index's items for text queries or example clips")
     search.add_argument("index", help="index file (from `hybrid-retrieval index build`)")
-    search.add_argument("queries", nargs="+", metavar="QUERY", help="one or more text queries")
+    search.add_argument("queries", nargs="*", metavar="QUERY", help="one or more text queries")
+    search.add_argument("--audio", action="append", default=[], metavar="CLIP",
+                        help="an example clip to rank the catalogue by (query by example; repeatable): the clip is "
+                             "embedded as a catalogue item of audio alone, and itself left out of its results")
     search.add_argument("--top", type=at_least_one, default=10, help="results per query (default 10)")
     search.add_argument("--json", action="store_true", help="one JSON object per query and line")
     search.add_argument("--checkpoint", default=None,
@@ -85,27 +94,56 @@ def read_lines(path: str | Path) -> list[str]:
 
 
 def _build(args: argparse.Namespace) -> int:
+    from hybrid_retrieval import distributed
+
+    sharded = distributed.init_from_env()  # under torchrun: each rank embeds its shards
+    try:
+        return _build_index(args, sharded)
+    finally:
+        if sharded:
+            import torch.distributed
+
+            torch.distributed.destroy_process_group()
+
+
+def _build_index(args: argparse.Namespace, sharded: bool) -> int:
+    from hybrid_retrieval import distributed
+    from hybrid_retrieval.audio.reader import DEFAULT_WORKERS
     from hybrid_retrieval.data.catalogue import load_catalogue
     from hybrid_retrieval.hub import check_writable, save_or_rescue
     from hybrid_retrieval.index import build_index, save_index
+    from hybrid_retrieval.index.sharded import build_index_sharded, shard_folder
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    main = distributed.is_main_process()
     check_writable(args.out)  # the outputs are checked before anything is loaded or embedded
     if args.cache_dir:
         check_writable(args.cache_dir, directory=True)
+    if sharded:
+        check_writable(shard_folder(args.out), directory=True)
     model, checkpoint = open_checkpoint(args.checkpoint, args.device)
     window_seconds = model.audio_tower.default_window_seconds if args.window_seconds is None else args.window_seconds
-    items = load_catalogue(args.source, args.metadata)
-    recall_queries = read_lines(args.recall_queries) if args.recall_queries else None
-    # about what the index file will take: the float32 embeddings and each item's names
-    check_writable(args.out, need_bytes=len(items) * (4 * model.config.embed_dim + 512))
-    if args.metadata and not model.uses_metadata:
-        print(f"note: the checkpoint is content-only (fusion={model.config.fusion!r}); --metadata is not used",
-              file=sys.stderr)
-    index = build_index(model, items, checkpoint, source=args.source, approximate=args.approximate,
-                        target_recall=args.target_recall, recall_queries=recall_queries, cache_dir=args.cache_dir,
-                        window_seconds=window_seconds or None)
+    items = recall_queries = None
+    if main:  # the other ranks of a sharded build receive the catalogue from rank 0
+        items = load_catalogue(args.source, args.metadata)
+        recall_queries = read_lines(args.recall_queries) if args.recall_queries else None
+        # about what the index file will take: the float32 embeddings and each item's names
+        check_writable(args.out, need_bytes=len(items) * (4 * model.config.embed_dim + 512))
+        if args.metadata and not model.uses_metadata:
+            print(f"note: the checkpoint is content-only (fusion={model.config.fusion!r}); --metadata is not used",
+                  file=sys.stderr)
+    options = {"source": args.source, "approximate": args.approximate, "target_recall": args.target_recall,
+               "recall_queries": recall_queries, "cache_dir": args.cache_dir, "window_seconds": window_seconds or None,
+               "workers": DEFAULT_WORKERS if args.workers is None else args.workers}
+    if sharded:
+        index = build_index_sharded(model, items, checkpoint, args.out, shard_items=args.shard_items, **options)
+        if index is None:  # not rank 0: its shards are written
+            return 0
+    else:
+        index = build_index(model, items, checkpoint, **options)
     save_or_rescue(lambda path: save_index(index, path), args.out, f"the index of {len(index)} embedded items")
+    if sharded:
+        shutil.rmtree(shard_folder(args.out), ignore_errors=True)
     print(f"indexed {len(index)} items ({index.info['dim']}-d) from {printable(args.source)} with "
           f"{printable(checkpoint['path'])} -> {printable(args.out)}")
     _print_search(index.info["search"])
@@ -141,31 +179,65 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _search(args: argparse.Namespace) -> int:
-    from hybrid_retrieval.embedding import embed_queries
-    from hybrid_retrieval.index import load_index
+    from hybrid_retrieval.index.store import load_index
 
+    if args.audio and args.queries:
+        raise BadInputError("give text queries or --audio clips, not both")
+    if not args.audio and not args.queries:
+        raise BadInputError("give one or more text queries, or --audio CLIP")
     check_queries(args.queries)
+    clips = [readable_file(clip, "audio file") for clip in args.audio]
     index = load_index(args.index, require=("model", "checkpoint"))
     try:
-        model, _ = open_checkpoint(args.checkpoint or index.checkpoint, args.device)
+        index.query_identity  # noqa: B018 - read here, so that a damaged one is named with the file
+    except BadInputError as exc:
+        raise BadInputError(f"{args.index} is a damaged index: {exc}") from exc
+    checkpoint = _checkpoint_of(index, args.checkpoint)
+    if clips:
+        return _search_audio(args, index, checkpoint, clips)
+    from hybrid_retrieval.index.query_encoder import open_query_encoder
+
+    encoder = open_query_encoder(index, checkpoint, args.device)
+    for number, query in enumerate(args.queries, 1):
+        if cut := encoder.truncation(query):
+            print(f"warning: query {number} is {cut[0]} word pieces long; the text tower reads the first "
+                  f"{encoder.max_length} of them: {printable(cut[1])!r}", file=sys.stderr)
+    scores, rows = index.search(encoder.encode(args.queries), args.top, exact=args.exact)
+    for query, row_scores, row_ids in zip(args.queries, scores, rows):
+        _print_results(index, "query", query, row_scores, row_ids, args.json)
+    return 0
+
+
+def _checkpoint_of(index, given: str | None) -> Path:
+    """The checkpoint folder of an index, or `given` (NotFoundError saying to pass --checkpoint
+    when the index's has moved)."""
+    from hybrid_retrieval.training.checkpoint import find_checkpoint
+
+    try:
+        return find_checkpoint(given or index.checkpoint).resolve()
     except NotFoundError as exc:
-        if args.checkpoint:
+        if given:
             raise
         raise NotFoundError(f"{exc} (the index's checkpoint has moved? pass --checkpoint)") from exc
+
+
+def _search_audio(args: argparse.Namespace, index, checkpoint: Path, clips: list[Path]) -> int:
+    """Query by example: the whole model (audio tower and item encoder) is loaded and checked."""
+    model, _ = open_checkpoint(str(checkpoint), args.device)
     index.check_model(model)
-    for number, query in enumerate(args.queries, 1):
-        if cut := model.text_tower.truncation(query):
-            print(f"warning: query {number} is {cut[0]} word pieces long; the text tower reads the first "
-                  f"{model.text_tower.max_length} of them: {printable(cut[1])!r}", file=sys.stderr)
-    scores, rows = index.search(embed_queries(model, args.queries, progress=False), args.top, exact=args.exact)
-    for query, row_scores, row_ids in zip(args.queries, scores.tolist(), rows.tolist()):
-        hits = [{"rank": rank, "score": round(score, 4), "id": index.ids[row], "path": index.paths[row]}
-                for rank, (score, row) in enumerate(((s, r) for s, r in zip(row_scores, row_ids) if r >= 0), 1)]
-        if args.json:
-            print(json.dumps({"query": query, "results": hits}))
-            continue
-        print(f"{query!r}")
-        print(f"  {'rank':>4}  {'score':>6}  item")
-        for hit in hits:
-            print(f"  {hit['rank']:>4}  {hit['score']:6.3f}  {printable(hit['id'])}")
+    for clip, given in zip(clips, args.audio):
+        scores, rows = index.search_audio(model, clip, args.top, exact=args.exact)
+        _print_results(index, "audio", given, scores, rows, args.json)
     return 0
+
+
+def _print_results(index, kind: str, query: str, scores, rows, as_json: bool) -> None:
+    hits = [{"rank": rank, "score": round(score, 4), "id": index.ids[row], "path": index.paths[row]}
+            for rank, (score, row) in enumerate(((s, r) for s, r in zip(scores.tolist(), rows.tolist()) if r >= 0), 1)]
+    if as_json:
+        print(json.dumps({kind: query, "results": hits}))
+        return
+    print(f"{printable(query)!r}" if kind == "query" else f"like {printable(query)}:")
+    print(f"  {'rank':>4}  {'score':>6}  item")
+    for hit in hits:
+        print(f"  {hit['rank']:>4}  {hit['score']:6.3f}  {printable(hit['id'])}")

@@ -11,15 +11,17 @@ import re
 import unicodedata
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
-from transformers import AutoModel, AutoTokenizer, PretrainedConfig
-from transformers.utils import logging as hf_logging
 
 from hybrid_retrieval.errors import BadInputError, NotFoundError
 from hybrid_retrieval.fingerprint import module_state_hash
 from hybrid_retrieval.outputs import TowerOutput
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 DEFAULT_TEXT_MODEL = "minilm"  # alias of the bundled all-MiniLM-L6-v2 folder
 
@@ -41,6 +43,8 @@ def _quiet_loading() -> Iterator[None]:
     """Hide transformers' per-tensor "Loading weights" bar while reading a local folder: a tower is
     built for every model a script trains, and the read takes well under a second. (Downloads keep
     their bars: the switch is shared with huggingface_hub, so it is only used for local folders.)"""
+    from transformers.utils import logging as hf_logging
+
     enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
@@ -67,6 +71,8 @@ class TextTower(nn.Module):
         super().__init__()
         if pooling not in ("mean", "cls"):
             raise BadInputError(f"text pooling must be 'mean' or 'cls', not {pooling!r}")
+        from transformers import AutoModel, AutoTokenizer  # here: importing transformers' model code takes seconds
+
         path = resolve_text_model(name_or_path)
         try:
             with _quiet_loading() if Path(path).is_dir() else contextlib.nullcontext():
@@ -106,9 +112,15 @@ class TextTower(nn.Module):
         return len(ids), self.tokenizer.decode(used, skip_special_tokens=True)
 
     def forward(self, texts: Sequence[str]) -> TowerOutput:
-        batch = {k: v.to(self.model.device) for k, v in self.tokenize(texts).items()}
-        hidden = self.model(**batch).last_hidden_state
-        mask = batch["attention_mask"].bool()
+        batch = self.tokenize(texts)
+        return self.encode_tokens(batch["input_ids"].to(self.model.device),
+                                  batch["attention_mask"].to(self.model.device))
+
+    def encode_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TowerOutput:
+        """The tower's output for tokenised text (`tokenize`'s tensors): what `forward` computes
+        after tokenising, and what a query encoder exported without the tokeniser runs."""
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.bool()
         if self.pooling == "cls":
             embedding = hidden[:, 0]
         else:
