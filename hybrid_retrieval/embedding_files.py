@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from hybrid_retrieval.config_base import read_json_object
 from hybrid_retrieval.errors import BadInputError
 from hybrid_retrieval.hub import atomic_path, check_writable
-from hybrid_retrieval.terminal import at_least_one, printable, window_length
+from hybrid_retrieval.terminal import add_model_arguments, at_least_one, printable, window_or_default
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -199,16 +199,11 @@ def add_embed_command(sub: argparse._SubParsersAction) -> None:
     embed.add_argument("inputs", nargs="*", metavar="FILE_OR_DIR", help="audio files or folders (recursive)")
     embed.add_argument("--text", default=None, metavar="TEXTS_FILE",
                        help="embed the texts of this UTF-8 file (one per line) as queries, instead of audio")
-    embed.add_argument("--checkpoint", required=True,
-                       help="checkpoint or run directory, a released checkpoint, audioset_tags or a Hub id")
     embed.add_argument("--out", required=True, help="X.npy to write (and X.json beside it)")
     embed.add_argument("--part-size", type=at_least_one, default=256,
                        help="items per part, the unit a killed run resumes from (default 256)")
     embed.add_argument("--cache-dir", default=None, help="feature cache of the towers' outputs")
-    embed.add_argument("--window-seconds", type=window_length, default=None,
-                       help="embed longer files as the mean of windows of this length "
-                            "(default: the audio model's training clip length, 10 s; 0: whole files)")
-    embed.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    add_model_arguments(embed)
     embed.add_argument("--no-progress", action="store_true", help="no progress bar")
     embed.set_defaults(func=_embed)
 
@@ -241,8 +236,8 @@ def _embed(args: argparse.Namespace) -> int:
         if model.uses_metadata:
             print(f"note: the checkpoint fuses {model.config.metadata!r} metadata; files are embedded from their audio "
                   f"alone", file=sys.stderr)
-        window = model.audio_tower.default_window_seconds if args.window_seconds is None else args.window_seconds
-        out = embed_audio_to_file(model, checkpoint, items, args.out, window_seconds=window or None,
+        window = window_or_default(args.window_seconds, model.audio_tower.default_window_seconds)
+        out = embed_audio_to_file(model, checkpoint, items, args.out, window_seconds=window,
                                   cache_dir=args.cache_dir, part_size=args.part_size, progress=progress)
     print(f"embedded {count} {'texts' if texts is not None else 'files'} ({model.config.embed_dim}-d) with "
           f"{printable(checkpoint['path'])} -> {printable(out)} (+ {printable(sidecar(out).name)})")

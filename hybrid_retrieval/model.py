@@ -198,8 +198,8 @@ class RetrievalModel(nn.Module):
         texts = prompted(class_names, prompt)
         waves = audio[None] if audio.dim() == 1 else audio
         with eval_mode(self), torch.inference_mode():
-            cosines = self.encode_text(texts) @ self.encode_items(waves.to(self.device)).T
-        return class_probabilities(cosines.T.cpu(), float(self.logit_scale), multi_label)
+            cosines = self.encode_items(waves.to(self.device)) @ self.encode_text(texts).T
+        return class_probabilities(cosines.cpu(), float(self.logit_scale), multi_label)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, device: str | torch.device = "cpu") -> RetrievalModel:

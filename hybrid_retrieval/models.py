@@ -1,6 +1,6 @@
 """Retrieval models by name, for every command that takes `--checkpoint`: one resolver.
 
-    model, info = load_retrieval_model("runs/3")              # a run folder (its latest checkpoint) or a checkpoint folder
+    model, info = load_retrieval_model("runs/3")              # a run folder (its latest), a checkpoint folder
     model, info = load_retrieval_model("audioset_tags")       # training-free: the AudioSet tagger's labels (any audio)
     model, info = load_retrieval_model("<released name>")     # a released checkpoint (RELEASED), cached once
     model, info = load_retrieval_model("user/repo")           # a Hugging Face Hub model repository ("hf-hub:user/repo")
@@ -35,9 +35,19 @@ import torch
 
 from hybrid_retrieval import hub
 from hybrid_retrieval.devices import resolve_device
-from hybrid_retrieval.errors import BadInputError, IncompatibleModelError, NotFoundError, OfflineError
+from hybrid_retrieval.errors import (
+    BadInputError,
+    IncompatibleModelError,
+    NotFoundError,
+    OfflineError,
+)
 from hybrid_retrieval.model import RetrievalModel, create_model, get_model_config
-from hybrid_retrieval.training.checkpoint import TrainingState, find_checkpoint, load_checkpoint, save_checkpoint
+from hybrid_retrieval.training.checkpoint import (
+    TrainingState,
+    find_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 # Bundled model configs that need no trained weights: loadable by name wherever a checkpoint is.
 TRAINING_FREE = ("audioset_tags",)
@@ -116,8 +126,13 @@ def hub_checkpoint(repo_id: str, revision: str | None = None) -> Path:
     (only config.json and model.safetensors are fetched). Offline (an offline variable set), only
     the Hugging Face cache is looked at."""
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (HFValidationError, HfHubHTTPError, LocalEntryNotFoundError,
-                                        RepositoryNotFoundError, RevisionNotFoundError)
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     offline = hub.offline_switches()
     try:

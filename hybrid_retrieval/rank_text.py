@@ -13,7 +13,7 @@ import argparse
 import json
 
 from hybrid_retrieval.errors import BadInputError
-from hybrid_retrieval.terminal import at_least_one, printable, window_length
+from hybrid_retrieval.terminal import add_model_arguments, at_least_one, printable, window_or_default
 
 
 def add_rank_text_command(sub: argparse._SubParsersAction) -> None:
@@ -22,14 +22,9 @@ def add_rank_text_command(sub: argparse._SubParsersAction) -> None:
     rank.add_argument("--audio", nargs="+", required=True, metavar="FILE_OR_DIR",
                       help="audio files or folders (recursive): the queries")
     rank.add_argument("--texts", required=True, help="UTF-8 text file, one text (e.g. a caption) per line")
-    rank.add_argument("--checkpoint", required=True,
-                      help="checkpoint or run directory, a released checkpoint, audioset_tags or a Hub id")
     rank.add_argument("--top", type=at_least_one, default=10, help="texts per clip (default 10)")
     rank.add_argument("--json", action="store_true", help="one JSON object per clip and line")
-    rank.add_argument("--window-seconds", type=window_length, default=None,
-                      help="embed longer files as the mean of windows of this length "
-                           "(default: the audio model's training clip length, 10 s; 0: whole files)")
-    rank.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    add_model_arguments(rank)
     rank.set_defaults(func=_rank_text)
 
 
@@ -45,8 +40,8 @@ def _rank_text(args: argparse.Namespace) -> int:
         raise BadInputError(f"{printable(args.texts)} holds no texts (one per line)")
     items = audio_inputs(args.audio)
     model, _ = load_retrieval_model(args.checkpoint, args.device)
-    window = model.audio_tower.default_window_seconds if args.window_seconds is None else args.window_seconds
-    scores = clip_embeddings(model, items, window or None, progress=not args.json) @ text_embeddings(model, texts).T
+    window = window_or_default(args.window_seconds, model.audio_tower.default_window_seconds)
+    scores = clip_embeddings(model, items, window, progress=not args.json) @ text_embeddings(model, texts).T
     for item, row, order in zip(items, scores, ranking(scores, args.top).tolist()):
         hits = [{"rank": rank, "score": round(float(row[i]), 4), "text": texts[i]} for rank, i in enumerate(order, 1)]
         if args.json:

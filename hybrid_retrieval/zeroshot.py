@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from hybrid_retrieval.errors import BadInputError
-from hybrid_retrieval.terminal import at_least_one, printable, window_length
+from hybrid_retrieval.terminal import add_model_arguments, at_least_one, printable, window_or_default
 
 if TYPE_CHECKING:
     from hybrid_retrieval.data.items import CatalogueItem
@@ -111,8 +111,6 @@ def add_classify_command(sub: argparse._SubParsersAction) -> None:
     """Register `classify` on the main parser's sub-commands."""
     classify = sub.add_parser("classify", help="zero-shot classification of audio files against class names")
     classify.add_argument("files", nargs="+", metavar="FILE_OR_DIR", help="audio files or folders (recursive)")
-    classify.add_argument("--checkpoint", required=True,
-                          help="checkpoint or run directory, a released checkpoint, audioset_tags or a Hub id")
     classify.add_argument("--labels", default=None, help="comma-separated class names, e.g. rock,techno,waltz")
     classify.add_argument("--labels-file", default=None, help="class names, one per line (UTF-8)")
     classify.add_argument("--prompt", default=PLACEHOLDER,
@@ -122,10 +120,7 @@ def add_classify_command(sub: argparse._SubParsersAction) -> None:
                           help="one calibrated sigmoid score per class instead of a softmax over the classes")
     classify.add_argument("--top", type=at_least_one, default=None, help="classes to show per file (default: all)")
     classify.add_argument("--json", action="store_true", help="one JSON object per file and line")
-    classify.add_argument("--window-seconds", type=window_length, default=None,
-                          help="embed longer files as the mean of windows of this length "
-                               "(default: the audio model's training clip length, 10 s; 0: whole files)")
-    classify.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    add_model_arguments(classify)
     classify.set_defaults(func=_classify)
 
 
@@ -137,8 +132,8 @@ def _classify(args: argparse.Namespace) -> int:
     prompted(names, args.prompt)  # bad labels or prompt are refused before any work
     items = audio_inputs(args.files)
     model, _ = load_retrieval_model(args.checkpoint, args.device)
-    window = model.audio_tower.default_window_seconds if args.window_seconds is None else args.window_seconds
-    scores, cosines = classify_items(model, items, names, args.prompt, args.multi_label, window or None,
+    window = window_or_default(args.window_seconds, model.audio_tower.default_window_seconds)
+    scores, cosines = classify_items(model, items, names, args.prompt, args.multi_label, window,
                                      progress=not args.json)
     for item, row, cos in zip(items, scores.tolist(), cosines.tolist()):
         order = sorted(range(len(names)), key=lambda c: -row[c])[: args.top]

@@ -24,8 +24,8 @@ from hybrid_retrieval.errors import run_reporting_errors
 from hybrid_retrieval.evaluation import RELEVANCE_MAP_KS, evaluate
 from hybrid_retrieval.hub import check_writable
 from hybrid_retrieval.metrics import read_relevance_csv
-from hybrid_retrieval.report import markdown_table, random_baseline
 from hybrid_retrieval.models import load_retrieval_model
+from hybrid_retrieval.report import markdown_table, random_baseline
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,7 +41,8 @@ def label_vectors(text_tower) -> torch.Tensor:
     vectors = torch.zeros(len(names), text_tower.embed_dim, dtype=torch.float64)
     with torch.inference_mode():
         for rows in by_length.values():
-            vectors[rows] = torch.nn.functional.normalize(text_tower([names[i] for i in rows]).embedding, dim=1).double()
+            pooled = text_tower([names[i] for i in rows]).embedding
+            vectors[rows] = torch.nn.functional.normalize(pooled, dim=1).double()
     return vectors
 
 

@@ -1,10 +1,10 @@
 """`hybrid-retrieval tag` and `--version`."""
 import json
-import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 import torch
 
 from hybrid_retrieval.cli import main

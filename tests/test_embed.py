@@ -66,7 +66,8 @@ def test_text_rows_are_the_query_embeddings(trained_run: Path, tmp_path: Path, o
 
 
 def test_a_killed_run_continues_from_its_parts(trained_run: Path, folder: Path, tmp_path: Path, offline_weights: Path,
-                                               monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+                                               monkeypatch: pytest.MonkeyPatch,
+                                               caplog: pytest.LogCaptureFixture) -> None:
     out = tmp_path / "clips.npy"
     argv = ["embed", str(folder), "--checkpoint", str(trained_run), "--out", str(out), "--no-progress"]
     real = embedding.embed_catalogue

@@ -108,6 +108,6 @@ def run_zeroshot(checkpoints: Sequence[str], root: str | Path, split: str = "eva
              for label, row in {"chance": chance, **rows}.items()}
     header = (f"synthmusic/{split}: {len(items)} clips; classes: "
               + "; ".join(f"{c} {len(names)}" for c, names in classes.items())
-              + f". Command: `{command.strip()}`; machine: {platform.machine()}, {torch.get_num_threads()} CPU threads, "
-              f"{'CUDA' if torch.cuda.is_available() else 'no GPU'}; date: {date.today().isoformat()}.")
+              + f". Command: `{command.strip()}`; machine: {platform.machine()}, {torch.get_num_threads()} CPU "
+              f"threads, {'CUDA' if torch.cuda.is_available() else 'no GPU'}; date: {date.today().isoformat()}.")
     return ZeroShotResult(rows, classes, header + "\n\n" + markdown_table(cells, columns))
