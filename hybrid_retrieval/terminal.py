@@ -77,6 +77,25 @@ def recall(value: str) -> float:
     return number
 
 
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--checkpoint, --window-seconds and --device, as the commands that embed audio or text with a
+    retrieval model take them (`models.load_retrieval_model`, `window_or_default`)."""
+    parser.add_argument("--checkpoint", required=True,
+                        help="checkpoint or run directory (its latest), a released checkpoint, audioset_tags "
+                             "(training-free) or a Hugging Face Hub id")
+    parser.add_argument("--window-seconds", type=window_length, default=None,
+                        help="embed longer files as the mean of windows of this length, read one at a time "
+                             "(default: the audio model's training clip length, 10 s; 0: whole files)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+
+
+def window_or_default(given: float | None, default: float) -> float | None:
+    """A --window-seconds value as the embedding code takes it: `default` (the audio tower's) when
+    not given; None (whole files) for 0."""
+    seconds = default if given is None else given
+    return seconds or None
+
+
 def readable_file(path: str | Path, what: str = "file") -> Path:
     """`path` if it is a file that can be opened; otherwise one BadInputError (NotFoundError when
     missing) naming it and why: a symlink loop, a folder, no permission."""

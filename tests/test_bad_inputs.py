@@ -1,9 +1,9 @@
 """Bad input through every command-line surface, table-driven.
 
 Each case prepares its input (a damaged copy of a good checkpoint, index, model, CSV, ...), runs one
-surface (`hybrid-retrieval tag | index build | index info | search | similar`,
-`scripts/eval_map10.py`, `scripts/make_synthmusic.py`, `scripts/bench.py` in-process; `scripts/train.py`
-as a process)
+surface (`hybrid-retrieval tag | index build | index info | search | similar | predict | classify |
+rank-text | embed`, `scripts/eval_map10.py`, `scripts/make_synthmusic.py`, `scripts/bench.py` in-process;
+`scripts/train.py` as a process)
 and checks: the exit status, exactly one error line naming the file or value (no traceback), and,
 where a command has other inputs, that they were still processed.
 
@@ -212,6 +212,20 @@ def _similar(w: World, *extra: str, query: Path | None = None, catalog: Path | N
              checkpoint: Path | None = None) -> list[str]:
     return ["similar", str(query or w.clips / "low.wav"), "--catalog", str(catalog or w.clips),
             "--checkpoint", str(checkpoint or w.csn), *extra]
+
+
+def _classify(w: World, *extra: str, audio: Path | None = None, checkpoint: Path | str | None = None) -> list[str]:
+    labels = [] if "--labels" in extra else ["--labels", "a low hum,a high whistle"]
+    return ["classify", str(audio or w.clips), "--checkpoint", str(checkpoint or w.run), *labels, *extra]
+
+
+def _rank_text(w: World, texts: Path, *extra: str) -> list[str]:
+    return ["rank-text", "--audio", str(w.clips / "low.wav"), "--texts", str(texts), "--checkpoint", str(w.run),
+            *extra]
+
+
+def _embed(w: World, t: Path, *inputs: str, out: Path | None = None) -> list[str]:
+    return ["embed", *inputs, "--checkpoint", str(w.run), "--out", str(out or t / "e.npy"), "--no-progress"]
 
 
 def _eval(w: World, checkpoint: Path | str, root: Path | str, split: str = "evaluation") -> list[str]:
@@ -429,6 +443,40 @@ CASES = [
          ("{tmp}/c.catalogue is not a readable similarity catalogue",)),
     Case("similar skips unreadable files, ranks the rest", lambda w, t: _similar(
         w, "--json", catalog=_mixed_folder(w, t)), 0, also=lambda w, t, out: _ranked(out, 3)),
+    # ---- classify, rank-text, embed; --device and --checkpoint names everywhere
+    Case("tag unknown device", lambda w, t: ["tag", str(w.clips / "low.wav"), "--device", "gpu0"], 2,
+         ("unknown device 'gpu0'",)),
+    Case("similar unknown device", lambda w, t: _similar(w, "--device", "gpu0"), 2, ("unknown device 'gpu0'",)),
+    Case("build with a Hub id offline", lambda w, t: _build(w, t, checkpoint="someone/no-model"), 2,
+         ("no checkpoint folder someone/no-model here", "offline mode is set")),
+    Case("classify prompt without {}", lambda w, t: _classify(w, "--prompt", "music"), 2, ("one {{}}", "'music'")),
+    Case("classify one label", lambda w, t: ["classify", str(w.clips), "--checkpoint", str(w.run), "--labels", "hum"],
+         2, ("at least two classes",)),
+    Case("classify label twice", lambda w, t: _classify(w, "--labels", "hum,beep,hum"), 2, ("['hum']",)),
+    Case("classify labels file missing", lambda w, t: _classify(w, "--labels-file", str(t / "no.txt")), 2,
+         ("file not found: {tmp}/no.txt",)),
+    Case("classify missing audio", lambda w, t: _classify(w, audio=t / "no.wav"), 2,
+         ("no audio file or folder {tmp}/no.wav",)),
+    Case("classify unknown checkpoint", lambda w, t: _classify(w, checkpoint="nowhere"), 2,
+         ("no checkpoint found at nowhere",)),
+    Case("classify skips NaN and text clips, classifies the rest", lambda w, t: _classify(
+        w, audio=_bad_audio_folder(w, t)), 0, ("{tmp}/bad_audio/nan.wav", "{tmp}/bad_audio/notes.mp3"),
+         also=_prints("short.wav", "low.wav")),
+    Case("rank-text empty texts", lambda w, t: _rank_text(w, csv_file(t, "texts.txt", "\n  \n")), 2,
+         ("{tmp}/texts.txt holds no texts",)),
+    Case("rank-text top 0", lambda w, t: _rank_text(w, csv_file(t, "texts.txt", "a hum\n"), "--top", "0"), 2,
+         ("--top", "not 0")),
+    Case("rank-text texts not UTF-8", lambda w, t: _rank_text(w, csv_file(t, "texts.txt", "caf\xe9", "latin-1")), 2,
+         ("{tmp}/texts.txt is not UTF-8 text",)),
+    Case("embed audio and texts", lambda w, t: _embed(w, t, str(w.clips), "--text", str(csv_file(t, "x.txt", "a"))),
+         2, ("one of the two",)),
+    Case("embed nothing", lambda w, t: _embed(w, t), 2, ("one of the two",)),
+    Case("embed out not .npy", lambda w, t: _embed(w, t, str(w.clips), out=t / "e.parquet"), 2,
+         ("{tmp}/e.parquet", "must end in .npy")),
+    Case("embed out in a missing folder", lambda w, t: _embed(w, t, str(w.clips), out=t / "no" / "e.npy"), 2,
+         ("cannot write {tmp}/no/e.npy", "does not exist")),
+    Case("embed out in a read-only folder", lambda w, t: _embed(w, t, str(w.clips), out=t / "ro" / "e.npy"), 2,
+         ("cannot write {tmp}/ro/e.npy", "does not take new files"), locked="ro"),
     # ---- scripts/eval_map10.py
     Case("eval damaged checkpoint", lambda w, t: _eval(w, checkpoint_with(
         w, t, lambda d: (d / "model.safetensors").write_bytes(b"\0" * 10)), w.dataset), 2,

@@ -30,7 +30,9 @@ def add_index_commands(sub: argparse._SubParsersAction) -> None:
     build.add_argument("source", metavar="AUDIO_DIR_OR_DATASET",
                        help="a folder of audio files (recursive), or DATASET:ROOT:SPLIT, "
                             "e.g. synthmusic:data/synthmusic:evaluation or clotho:/data/clotho:evaluation")
-    build.add_argument("--checkpoint", required=True, help="checkpoint directory, or a run directory (its latest)")
+    build.add_argument("--checkpoint", required=True,
+                       help="checkpoint or run directory (its latest), a released checkpoint, audioset_tags "
+                            "(training-free) or a Hugging Face Hub id")
     build.add_argument("--out", required=True, help="index file to write (replaced atomically)")
     build.add_argument("--metadata", default=None,
                        help="metadata CSV for hybrid checkpoints: a file_name column and any of keywords "
@@ -75,13 +77,11 @@ def add_index_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def open_checkpoint(checkpoint: str, device: str):
-    """(model in eval mode, {"path", "epoch", "step"}) of a checkpoint or run directory."""
-    from hybrid_retrieval.training.checkpoint import find_checkpoint, load_checkpoint
-    from hybrid_retrieval.training.loop import resolve_device
+    """(model in eval mode, {"path", "epoch", "step"}) of a checkpoint or run directory, a released
+    checkpoint, `audioset_tags` or a Hugging Face Hub id (`models.load_retrieval_model`)."""
+    from hybrid_retrieval.models import load_retrieval_model
 
-    directory = find_checkpoint(checkpoint).resolve()
-    model, config = load_checkpoint(directory, device=resolve_device(device))
-    return model.eval(), {"path": str(directory), "epoch": config.get("epoch"), "step": config.get("step")}
+    return load_retrieval_model(checkpoint, device)
 
 
 def read_lines(path: str | Path) -> list[str]:

@@ -86,10 +86,12 @@ def set_rng_state(state: dict[str, torch.Tensor]) -> None:
 
 
 def save_checkpoint(directory: str | Path, model: RetrievalModel, train_config: dict, state: TrainingState,
-                    frozen: tuple[str, ...] | None = None, metrics: dict | None = None) -> Path:
+                    frozen: tuple[str, ...] | None = None, metrics: dict | None = None,
+                    pointer: bool = True) -> Path:
     """Write checkpoint `directory` atomically. `frozen` names towers ("audio", "text") whose
     weights are unchanged pretrained ones (default: the towers `model.freeze` froze): they are
-    stored as fingerprints only."""
+    stored as fingerprints only. `pointer`: also make it the latest of its folder (`latest.json`
+    beside it; an export to a folder of its own leaves it out)."""
     frozen = model.frozen if frozen is None else frozen
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -111,8 +113,9 @@ def save_checkpoint(directory: str | Path, model: RetrievalModel, train_config: 
             tensors.update({f"rng.{k}": v for k, v in (state.rng or {}).items()})
             write_safetensors(tensors, tmp / "optimizer.safetensors", target=directory)
             (tmp / "trainer.json").write_text(json.dumps({"optimizer": meta, "scheduler": state.scheduler}))
-    with atomic_path(directory.parent / "latest.json") as pointer:
-        pointer.write_text(json.dumps({"checkpoint": directory.name, "epoch": state.epoch}))
+    if pointer:
+        with atomic_path(directory.parent / "latest.json") as latest:
+            latest.write_text(json.dumps({"checkpoint": directory.name, "epoch": state.epoch}))
     return directory
 
 
