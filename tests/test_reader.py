@@ -127,3 +127,14 @@ def test_audio_outputs_reads_in_workers_and_caches(mixed_clips: list[Path], mn04
     direct = embed_audio_files(mn04, paths, window_seconds=10.0)
     for a, b in zip(with_workers[:2], direct[:2]):
         torch.testing.assert_close(a.embedding, b.embedding, rtol=0, atol=1e-6)  # through the cache's float32
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_reading_leaves_the_global_random_state_alone(mixed_clips: list[Path], workers: int) -> None:
+    """Iterating a DataLoader draws a seed; drawn from torch's global generator it would shift the
+    crops and dropout of a training run that embeds files (a resumed run would then differ from an
+    uninterrupted one), so the reader draws from its own."""
+    before = torch.get_rng_state()
+    with AudioReader(mixed_clips, SR * 10, workers=workers) as reader:
+        pieces = list(reader.pieces(mixed_clips, {}))
+    assert pieces and torch.equal(torch.get_rng_state(), before)

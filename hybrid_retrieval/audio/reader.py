@@ -106,7 +106,10 @@ class AudioReader:
             loader = DataLoader(_Parts(self.paths, self.window, self.sample_rate), batch_size=None,
                                 sampler=self._plan(), num_workers=workers,
                                 prefetch_factor=self._prefetch if workers else None,
-                                worker_init_fn=_quiet_worker if workers else None)
+                                worker_init_fn=_quiet_worker if workers else None,
+                                # its own generator: iterating a loader draws a seed, which must not
+                                # move the global RNG that training's crops and dropout continue from
+                                generator=torch.Generator())
             self._loader = iter(loader)
         return next(self._loader)
 
