@@ -104,7 +104,10 @@ def test_search_play_and_similar_in_tempo(server: str, page: Page, tmp_path: Pat
     while audio.evaluate("player => player.currentTime") == 0 and time.monotonic() < deadline:
         time.sleep(0.1)  # (polled from here: the page's Content-Security-Policy forbids wait_for_function's eval)
     assert audio.evaluate("player => player.currentTime") > 0 and not audio.evaluate("player => player.error")
-    page.screenshot(path=str(tmp_path / "page.png"))
+    # the README's picture: HYBRID_RETRIEVAL_SCREENSHOT=docs/serve.png python -m pytest tests/test_serve_browser.py
+    shot = Path(os.environ.get("HYBRID_RETRIEVAL_SCREENSHOT") or tmp_path / "page.png")
+    page.screenshot(path=str(shot))
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     clicked = expected[0]["id"]
     first.get_by_role("button", name="tempo").click()

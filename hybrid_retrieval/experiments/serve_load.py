@@ -203,8 +203,8 @@ def load_table(report: dict) -> str:
     rss = [mib for _, mib in memory["rss_mib"]]
     lines += ["", f"Memory run: {memory['clients']} clients for {memory['seconds']} s, --max-batch {memory['max_batch']}: "
                   f"{memory['requests']} queries, {memory['errors']} errors, {memory['qps']} queries/s, p99 "
-                  f"{memory['p99_ms']} ms; server RSS {rss[0]} MiB at the start, {rss[-1]} MiB at the end, "
-                  f"{min(rss)}-{max(rss)} MiB over {len(rss)} samples.",
+                  f"{memory['p99_ms']} ms; server RSS {rss[0]} MiB at the start, {rss[len(rss) // 2]} MiB half-way, "
+                  f"{rss[-1]} MiB at the end ({min(rss)}-{max(rss)} MiB over {len(rss)} samples).",
               f"Load average (1, 5, 15 min) before: {', '.join(f'{x:.2f}' for x in report['machine']['load_before'])}; "
               f"after: {', '.join(f'{x:.2f}' for x in report['machine']['load_after'])} "
               f"({report['machine']['cpus']} CPUs)."]

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Limits:
-    max_query_chars: int = 500  # a text query longer than this is refused (the tower reads 128 word pieces)
+    max_query_chars: int = 500  # a text query longer than this is refused (the text tower reads its first word pieces only)
     max_top: int = 100  # results per request
     max_upload_bytes: int = 20 * 1024 * 1024  # an example clip's file
     max_clip_seconds: float = 120.0  # an example clip's length (a small file can hold hours of silence)

@@ -59,18 +59,18 @@ class SearchService:
         from hybrid_retrieval.index.store import load_index
         from hybrid_retrieval.models import load_retrieval_model
 
-        search_index = load_index(index, require=("model", "checkpoint"))
-        spec = checkpoint or search_index.checkpoint
-        model, _ = load_retrieval_model(spec, device)
-        search_index.check_model(model)
-        encoder = open_query_encoder(search_index, spec, device)
         display = None
-        if metadata is not None:
+        if metadata is not None:  # the small inputs first: a mistake there is found before any model loads
             from hybrid_retrieval.data.clotho import read_metadata_csv
             from hybrid_retrieval.terminal import readable_file
 
             display = read_metadata_csv(readable_file(metadata, "metadata CSV"))
+        search_index = load_index(index, require=("model", "checkpoint"))
         similarity = open_similarity(similar, search_index, similar_checkpoint, device) if similar else None
+        spec = checkpoint or search_index.checkpoint
+        model, _ = load_retrieval_model(spec, device)
+        search_index.check_model(model)
+        encoder = open_query_encoder(search_index, spec, device)
         return cls(search_index, encoder, model, limits, similarity, display)
 
     # -- lifecycle (the app's start-up and shut-down) -----------------------------------------
