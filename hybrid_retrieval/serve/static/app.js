@@ -110,7 +110,8 @@ $("audio-search").addEventListener("submit", async (event) => {
 
 call("/health").then((health) => {
   state.conditions = health.similar ? health.similar.conditions : [];
-  $("about").textContent = `${health.items} items, searched with ${health.checkpoint}` +
+  const model = health.checkpoint.split("/").filter(Boolean).pop();
+  $("about").textContent = `${health.items} items, searched with ${model}` +
     ` (${health.source.replace("+", " and ")}). Type what you want to hear; each result plays in the page.`;
   document.body.dataset.ready = "true";
 }).catch((error) => status(`error: ${error.message}`));
