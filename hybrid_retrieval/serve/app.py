@@ -20,11 +20,12 @@ import contextlib
 import logging
 import tempfile
 from collections.abc import AsyncIterator, Sequence
+from importlib import resources
 from pathlib import Path
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
@@ -33,7 +34,7 @@ from hybrid_retrieval.serve.service import SearchService
 
 log = logging.getLogger("hybrid_retrieval")
 
-STATIC = Path(__file__).parent / "static"
+STATIC = ("hybrid_retrieval.serve", "static")  # the page's files: package data (pyproject.toml)
 # The page loads nothing from elsewhere, and nothing it shows is run as a script.
 PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; media-src 'self' blob:; object-src 'none'; "
                                            "base-uri 'none'; frame-ancestors 'none'",
@@ -145,9 +146,11 @@ def create_app(service: SearchService, cors_origins: Sequence[str] = ()) -> Fast
     async def health() -> dict:
         return service.health()
 
-    @app.get("/", include_in_schema=False)
-    async def page() -> FileResponse:
-        return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
+    html = resources.files(STATIC[0]).joinpath(STATIC[1], "index.html").read_bytes()
 
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    @app.get("/", include_in_schema=False)
+    async def page() -> Response:
+        return Response(html, media_type="text/html; charset=utf-8", headers=PAGE_HEADERS)
+
+    app.mount("/static", StaticFiles(packages=[STATIC]), name="static")
     return app
