@@ -12,9 +12,12 @@ in BENCHMARKS.md; the runtimes' outputs equal torch's to 1e-4 (tested).
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import importlib.util
 import logging
 import os
+import sys
 import tempfile
 import threading
 import warnings
@@ -136,6 +139,29 @@ def _export_to_cache(backbone: nn.Module, n_mels: int, target: Path) -> Path | N
     return target
 
 
+class _SignalStack(ctypes.Structure):  # stack_t of sigaltstack(2) on Linux
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+
+@contextlib.contextmanager
+def _kept_signal_stack():
+    """Put back the calling thread's alternate signal stack afterwards. OpenVINO's CPU plugin
+    installs one when it compiles a model and frees it later without uninstalling it; a signal
+    handled on this thread after that (Python's handlers ask for the alternate stack; torch's
+    DataLoader handles SIGCHLD, so a finished subprocess is enough) is delivered onto freed memory
+    and the kernel kills the process with SIGSEGV. No library restores it, hence ctypes."""
+    if not sys.platform.startswith("linux"):
+        yield
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    before = _SignalStack()
+    libc.sigaltstack(None, ctypes.byref(before))
+    try:
+        yield
+    finally:
+        libc.sigaltstack(ctypes.byref(before), None)  # SS_DISABLE in its flags if there was none
+
+
 class RuntimeBackbone:
     """An exported backbone loaded in OpenVINO or ONNX Runtime: log-mel (batch, n_mels, frames)
     -> TowerOutput, with `threads` compute threads, float32 throughout. Safe to call from several
@@ -149,8 +175,10 @@ class RuntimeBackbone:
 
             core = openvino.Core()
             # f32: on CPUs with bf16 units OpenVINO would otherwise compute in bf16.
-            compiled = core.compile_model(core.read_model(str(path)), "CPU", {
-                "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"})
+            with _kept_signal_stack():
+                compiled = core.compile_model(core.read_model(str(path)), "CPU", {
+                    "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads,
+                    "PERFORMANCE_HINT": "LATENCY"})
             self._request = compiled.create_infer_request()
             self._names = [output.get_any_name() for output in compiled.outputs]
         else:

@@ -55,7 +55,8 @@ def model_identity(model: RetrievalModel) -> dict:
     parts = {**towers, **{part: state_hash(tensors) for part, tensors in groups.items()}}
     return {"fingerprint": fingerprint, "weights": hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest(),
             "config": model.config.to_dict(),
-            "parts": {"query": query_identity(towers["text_tower"], parts["text_proj"], model.config)}}
+            "parts": {"query": query_identity(towers["text_tower"], parts.get("text_proj", state_hash({})),
+                                             model.config)}}
 
 
 def _exact(embeddings: Tensor) -> IndexBackend:
