@@ -18,6 +18,7 @@ from hybrid_retrieval.errors import run_reporting_errors
 from hybrid_retrieval.index.cli import add_index_commands
 from hybrid_retrieval.predict import add_predict_command
 from hybrid_retrieval.rank_text import add_rank_text_command
+from hybrid_retrieval.serve.cli import add_serve_command
 from hybrid_retrieval.terminal import at_least_one, printable
 from hybrid_retrieval.zeroshot import add_classify_command
 
@@ -77,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_classify_command(sub)
     add_rank_text_command(sub)
     add_embed_command(sub)
+    add_serve_command(sub)
     return parser
 
 

@@ -240,3 +240,15 @@ def dead_pid() -> int:
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
     return child.pid
+
+
+@pytest.fixture(scope="session")
+def serve_world(tmp_path_factory: pytest.TempPathFactory, weights_dir: Path):
+    """The catalogue, checkpoint, index and similarity model of `serve_world.py` (read-only use)."""
+    from serve_world import make_serve_world
+
+    root = tmp_path_factory.mktemp("serve")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HYBRID_RETRIEVAL_WEIGHTS_DIR", str(weights_dir))
+        patch.setenv("HYBRID_RETRIEVAL_CACHE", str(root / "cache"))
+        return make_serve_world(root, weights_dir)

@@ -183,6 +183,13 @@ class Case:
     env: dict = field(default_factory=dict)
 
 
+def _foreign_catalogue(w: World, tmp: Path) -> Path:
+    """A similarity catalogue file whose fingerprint is not that of w.csn."""
+    from hybrid_retrieval.disentangled.search import Catalogue
+
+    return Catalogue(torch.zeros(1, 16), [str(w.clips / "low.wav")], "another").save(tmp / "other.catalogue")
+
+
 def _indexed(count: int) -> Callable[[World, Path, str], None]:
     def check(w: World, tmp: Path, out: str) -> None:
         assert f"indexed {count} items" in out
@@ -413,6 +420,21 @@ CASES = [
         _bad_audio_folder(w, t) / "notes.mp3")], 2, ("{tmp}/bad_audio/notes.mp3", "not an audio file")),
     Case("search clip of NaN samples", lambda w, t: ["search", str(w.index), "--audio", str(
         _bad_audio_folder(w, t) / "nan.wav")], 2, ("{tmp}/bad_audio/nan.wav", "no finite samples")),
+    # ---- serve (refused before the server starts)
+    Case("serve missing index", lambda w, t: ["serve", str(t / "no.index")], 2, ("{tmp}/no.index",)),
+    Case("serve damaged index", lambda w, t: ["serve", str(index_with(
+        w, t, header=lambda h: h["checkpoint"].pop("path") and None))], 2, ("damaged index", "'checkpoint.path'")),
+    Case("serve port out of range", lambda w, t: ["serve", str(w.index), "--port", "70000"], 2, ("--port", "70000")),
+    Case("serve upload cap 0", lambda w, t: ["serve", str(w.index), "--max-upload-mb", "0"], 2, ("--max-upload-mb",)),
+    Case("serve metadata CSV missing", lambda w, t: ["serve", str(w.index), "--metadata", str(t / "no.csv")], 2,
+         ("{tmp}/no.csv",)),
+    Case("serve similarity model missing", lambda w, t: ["serve", str(w.index), "--similar", str(t / "nocsn")], 2,
+         ("no similarity model at {tmp}/nocsn",)),
+    Case("serve similarity checkpoint beside a model", lambda w, t: ["serve", str(w.index), "--similar", str(w.csn),
+                                                                     "--similar-checkpoint", str(w.csn)], 2,
+         ("--similar-checkpoint is not used",)),
+    Case("serve similarity catalogue of another model", lambda w, t: ["serve", str(w.index), "--similar", str(
+        _foreign_catalogue(w, t)), "--similar-checkpoint", str(w.csn)], 2, ("{tmp}/other.catalogue", "another model")),
     # ---- similar
     Case("similar top 0", lambda w, t: _similar(w, "--top", "0"), 2, ("--top", "not 0")),
     Case("similar symlink loop query", lambda w, t: _similar(w, query=_loop(t)), 2,

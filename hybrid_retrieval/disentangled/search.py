@@ -23,7 +23,7 @@ from hybrid_retrieval.devices import resolve_device
 from hybrid_retrieval.disentangled.checkpoint import find_model, load_model, model_fingerprint
 from hybrid_retrieval.disentangled.features import FeatureSource, TowerTokens, segment_frames
 from hybrid_retrieval.disentangled.model import ALL, ConditionalSimilarityNet, embed_tracks
-from hybrid_retrieval.errors import BadInputError, IncompatibleModelError
+from hybrid_retrieval.errors import BadInputError, IncompatibleModelError, NotFoundError
 from hybrid_retrieval.tensorfile import check_rows, json_tensor, load_tensor_file, save_tensor_file, tensor_json
 from hybrid_retrieval.terminal import readable_file
 
@@ -123,13 +123,31 @@ class SimilaritySearch:
 
     def query(self, audio: str | Path, condition: str = ALL, top: int = 10) -> list[Match]:
         """The catalogue's `top` tracks most similar to an audio file in one condition (or "all")."""
+        self._check(condition, top)  # before any audio is read
+        query = str(readable_file(audio, "query audio file").resolve())
+        return self._ranked(self.embed([query]), query, condition, top)
+
+    def query_catalogued(self, path: str, condition: str = ALL, top: int = 10) -> list[Match]:
+        """As `query`, for a file of the catalogue (its path as the catalogue holds it): its stored
+        embedding is the query, so no audio is read (NotFoundError if it is not in the catalogue)."""
+        self._check(condition, top)
+        try:
+            row = self.catalogue.paths.index(path)
+        except ValueError:
+            raise NotFoundError(f"{path} is not in the similarity catalogue") from None
+        return self._ranked(self.catalogue.embeddings[row:row + 1], path, condition, top)
+
+    def _check(self, condition: str, top: int) -> None:
         if self.catalogue is None:
             raise BadInputError("no catalogue to search: pass catalog= to from_checkpoint or set .catalogue")
         if top < 1:
             raise BadInputError(f"top must be at least 1, not {top}")
         if condition != ALL:
-            self.model.condition_index(condition)  # unknown names fail before any audio is read
-        query = str(readable_file(audio, "query audio file").resolve())
-        scores = self.model.similarity(self.embed([query]), self.catalogue.embeddings, condition)[0]
-        order = [i for i in torch.argsort(scores, descending=True).tolist() if self.catalogue.paths[i] != query]
+            self.model.condition_index(condition)  # an unknown name is refused naming the known ones
+
+    @torch.no_grad()
+    def _ranked(self, query: Tensor, path: str, condition: str, top: int) -> list[Match]:
+        """The catalogue's `top` tracks for a (1, embed_dim) track embedding, the file `path` left out."""
+        scores = self.model.similarity(query, self.catalogue.embeddings, condition)[0]
+        order = [i for i in torch.argsort(scores, descending=True).tolist() if self.catalogue.paths[i] != path]
         return [Match(self.catalogue.paths[i], float(scores[i])) for i in order[:top]]
