@@ -35,10 +35,13 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from hybrid_retrieval.audio.io import SAMPLE_RATE
@@ -132,20 +135,27 @@ def measure_embed(variant: str, device: str, model: str) -> dict:
     return {**result, "clips_per_s": rate, "setup_rss_mb": setup_rss}
 
 
-def _unit_vectors(n: int, dim: int, seed: int, structured: bool) -> torch.Tensor:
-    """n random unit vectors, made in chunks (memory stays at the result). structured: near a
-    random 16-dimensional subspace (a fixed linear map of 16-d Gaussian codes, plus isotropic noise
-    of 0.3 of a code's length), so that neighbourhoods are continuous and cross the IVF cells, as
-    learned embeddings' do; uniform random vectors (IVF's worst case) otherwise."""
+def _unit_vector_chunks(n: int, dim: int, seed: int, structured: bool) -> Iterator[torch.Tensor]:
+    """`_unit_vectors` in chunks of up to 65,536 rows, so that a store larger than memory can be
+    written chunk by chunk (the same vectors as `_unit_vectors`)."""
     generator = torch.Generator().manual_seed(seed)
     basis = torch.randn(16, dim, generator=torch.Generator().manual_seed(99)) / 4.0
-    out = torch.empty(n, dim)
     for start in range(0, n, 1 << 16):
         rows = min(1 << 16, n - start)
         x = torch.randn(rows, dim, generator=generator)
         if structured:
             x = torch.randn(rows, 16, generator=generator) @ basis + 0.3 / dim ** 0.5 * x
-        out[start:start + rows] = torch.nn.functional.normalize(x, dim=1)
+        yield torch.nn.functional.normalize(x, dim=1)
+
+
+def _unit_vectors(n: int, dim: int, seed: int, structured: bool) -> torch.Tensor:
+    """n random unit vectors, made in chunks (memory stays at the result). structured: near a
+    random 16-dimensional subspace (a fixed linear map of 16-d Gaussian codes, plus isotropic noise
+    of 0.3 of a code's length), so that neighbourhoods are continuous and cross the IVF cells, as
+    learned embeddings' do; uniform random vectors (IVF's worst case) otherwise."""
+    out = torch.empty(n, dim)
+    for start, chunk in zip(range(0, n, 1 << 16), _unit_vector_chunks(n, dim, seed, structured)):
+        out[start:start + len(chunk)] = chunk
     return out
 
 
@@ -157,18 +167,19 @@ def measure_search(backend: str, n: int, dim: int, device: str, structured: bool
     queries = _unit_vectors(1200, dim, 1, structured)
     result: dict = {}
     if backend == "ivf":
-        from hybrid_retrieval.index.backends.faiss_backend import build_approximate
+        from hybrid_retrieval.index.backends.faiss_backend import FaissBackend
 
         started = time.perf_counter()
-        index, settings = build_approximate(items, "ivf", 0.95, queries[:200], progress=False)
+        index = FaissBackend()
+        index.build(items, kind="ivf", target_recall=0.95, queries=queries[:200], progress=False)
         result["build_s"] = round(time.perf_counter() - started, 1)
-        result["setting"] = f"{settings['factory']}, {settings['parameter']}={settings['value']}"
+        result["setting"] = f"{index.settings['factory']}, {index.settings['parameter']}={index.settings['value']}"
         held_out = queries[200:400]
-        found = torch.from_numpy(index.search(held_out.numpy(), 10)[1])
+        found = index.search(held_out, 10)[1]
         result["recall@10"] = round(recall_at_k(found, exact_search(items, held_out, 10)[1]), 4)
 
         def search(q: torch.Tensor) -> None:
-            index.search(q.numpy(), 10)
+            index.search(q, 10)
     elif backend == "faiss":  # FAISS's brute-force kernel (IndexFlatIP's), without copying the items
         import faiss
 
@@ -185,6 +196,92 @@ def measure_search(backend: str, n: int, dim: int, device: str, structured: bool
     result["qps_1"] = _rate(lambda: search(queries[next(singles)][None]), 1, place, max_calls=200)
     result["qps_64"] = _rate(lambda: search(queries[400:464]), 64, place, max_calls=20)
     return {**result, "setup_rss_mb": setup_rss}
+
+
+def _rss_parts() -> dict:
+    """Resident memory now, anonymous (the process's own) and file-backed (mapped pages of the
+    store it has touched, which the kernel may drop), in MB (Linux /proc)."""
+    parts = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("RssAnon", "RssFile"):
+            parts[key] = int(value.split()[0]) / 1024
+    return parts
+
+
+def _scale_store(root: Path) -> torch.Tensor:
+    return torch.from_numpy(np.load(root / "store.f16.npy", mmap_mode="c"))
+
+
+def measure_scale(step: str, root: str, n: int, added: int, dim: int, tune: int, held_out: int,
+                  device: str) -> dict:
+    """One step of the scale benchmark over the files in `root` (see `bench_scale`):
+    data (write n + added structured vectors as a float16 store, and the queries), truth (exact
+    top-10 of the held-out queries over the first n, in chunks), build (an IVF-PQ backend over the
+    first n, tuned on `tune` queries, saved, and the time of the tuning's exact search, which is
+    also what re-measuring the recall after an update costs), search (load it with the store
+    mapped: recall and single-query rate over a grid of settings), update (add the `added` rows to
+    the trained index, then remove as many)."""
+    from hybrid_retrieval.index.backends.base import RecallProbe, recall_at_k
+    from hybrid_retrieval.index.backends.exact import exact_search
+    from hybrid_retrieval.index.backends.faiss_backend import FaissBackend
+
+    folder, result = Path(root), {}
+    started = time.perf_counter()
+    if step == "data":
+        store = np.lib.format.open_memmap(folder / "store.f16.npy", "w+", np.float16, (n + added, dim))
+        for first, chunk in zip(range(0, n + added, 1 << 16), _unit_vector_chunks(n + added, dim, 0, True)):
+            store[first:first + len(chunk)] = chunk.half().numpy()
+        store.flush()
+        np.save(folder / "queries.npy", _unit_vectors(tune + held_out, dim, 1, True).numpy())
+        result["store_gb"] = round((folder / "store.f16.npy").stat().st_size / 1e9, 2)
+    queries = torch.from_numpy(np.load(folder / "queries.npy"))
+    if step == "truth":
+        np.save(folder / "truth.npy", exact_search(_scale_store(folder)[:n], queries[tune:], 10)[1].numpy())
+    if step == "build":
+        backend = FaissBackend()
+        backend.build(_scale_store(folder)[:n], kind="ivfpq", queries=queries[:tune], progress=False)
+        result["build_s"] = round(time.perf_counter() - started, 1)
+        probe_started = time.perf_counter()  # the share of the build that was the tuning's exact search
+        RecallProbe.make(_scale_store(folder)[:n], queries[:tune])
+        result["tuning_truth_s"] = round(time.perf_counter() - probe_started, 1)
+        settings, tensors = backend.save()
+        tensors["faiss"].numpy().tofile(folder / "ivfpq.faiss")
+        (folder / "settings.json").write_text(json.dumps(settings))
+        result.update(settings=settings, index_mb=round((folder / "ivfpq.faiss").stat().st_size / 1e6))
+    if step in ("search", "update"):
+        settings = json.loads((folder / "settings.json").read_text())
+        blob = torch.from_numpy(np.fromfile(folder / "ivfpq.faiss", dtype=np.uint8))
+        backend = FaissBackend.load(settings, {"faiss": blob, "faiss_rows": torch.arange(n)}, _scale_store(folder)[:n])
+        del blob
+        result["load_s"] = round(time.perf_counter() - started, 1)
+        result["rss_after_load_mb"] = _rss_mb()
+    if step == "search":
+        truth = torch.from_numpy(np.load(folder / "truth.npy"))
+        held = queries[tune:]
+        chosen, curve = list(settings["value"]), []
+        for nprobe in (8, 16, 32, 64, 128):
+            for rerank in (2, 5, 10, 20, 50, 100):
+                backend.use_setting([nprobe, rerank])
+                recall = recall_at_k(backend.search(held, 10)[1], truth)
+                singles = iter(range(len(held)))
+                rate = _rate(lambda: backend.search(held[next(singles) % len(held)][None], 10), 1, "cpu",
+                             min_seconds=2.0, max_calls=200)
+                curve.append({"nprobe": nprobe, "rerank": rerank, "recall@10": round(recall, 4), "qps_1": rate})
+        result.update(curve=curve, chosen=chosen, **_rss_parts())
+    if step == "update":
+        full = _scale_store(folder)
+        timed = {}
+        begin = time.perf_counter()
+        backend.add(full, n)
+        timed["add_s"] = time.perf_counter() - begin
+        begin = time.perf_counter()
+        gone = torch.randperm(n, generator=torch.Generator().manual_seed(2))[:added].sort().values
+        backend.remove(gone.tolist(), full)  # rows after the removed ones move up; the matrix is not searched here
+        timed["remove_s"] = time.perf_counter() - begin
+        result.update({key: round(value, 2) for key, value in timed.items()})
+        result["ntotal"] = backend.index.ntotal
+    return result
 
 
 def measure_train(mode: str, device: str, root: str, limit_items: int, steps: int, batch_size: int) -> dict:
@@ -234,7 +331,7 @@ def measure_train(mode: str, device: str, root: str, limit_items: int, steps: in
 def worker(kind: str, params: dict) -> None:
     if params["device"] == "cpu" and params.get("threads"):
         torch.set_num_threads(params["threads"])
-    result = {"embed": measure_embed, "search": measure_search, "train": measure_train}[kind](
+    result = {"embed": measure_embed, "search": measure_search, "train": measure_train, "scale": measure_scale}[kind](
         **{k: v for k, v in params.items() if k != "threads"})
     result["peak_rss_mb"] = _peak_rss_mb()
     if params["device"].startswith("cuda"):
@@ -352,10 +449,67 @@ def bench_train(args: argparse.Namespace) -> str:
     return markdown_table(rows, columns, f"mn04_minilm, batch {args.batch_size}, {args.device}")
 
 
+def bench_scale(args: argparse.Namespace) -> str:
+    """A catalogue of --scale-items structured vectors (d = --dim) searched through an IVF-PQ index
+    with exact re-ranking from a float16 store memory-mapped from disk (written under
+    --scale-dir, deleted afterwards): build time, the recall/rate curve, memory, update times."""
+    import shutil
+
+    n, added, tune, held_out = args.scale_items, args.scale_added, 200, 500
+    need = (n + added) * args.dim * 2
+    Path(args.scale_dir).mkdir(parents=True, exist_ok=True)
+    if shutil.disk_usage(args.scale_dir).free < 1.1 * need:
+        raise SystemExit(f"{args.scale_dir} has {shutil.disk_usage(args.scale_dir).free / 1e9:.1f} GB free; "
+                         f"the store needs {need / 1e9:.1f} GB")
+    root = tempfile.mkdtemp(prefix="hybrid-retrieval-scale-", dir=args.scale_dir)
+    common = {"root": root, "n": n, "added": added, "dim": args.dim, "tune": tune, "held_out": held_out,
+              "device": "cpu", "threads": args.threads}
+    try:
+        steps = {}
+        for step in ("data", "truth", "build", "search", "update"):
+            print(f"scale, {step} ({n:,} items)", flush=True)
+            began = time.perf_counter()
+            steps[step] = run_worker("scale", step=step, **common)
+            steps[step]["wall_s"] = round(time.perf_counter() - began, 1)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    build, search, update = steps["build"], steps["search"], steps["update"]
+    settings = build["settings"]
+    summary = {
+        "catalogue": {"value": f"{n:,} x {args.dim} structured unit vectors; float16 store "
+                               f"{steps['data']['store_gb']} GB on disk (memory-mapped)"},
+        "writing the store": {"value": f"{steps['data']['wall_s']} s"},
+        "exact top-10 of the held-out queries": {"value": f"{steps['truth']['wall_s']} s for {held_out} queries "
+                                                          "(chunks of the mapped store)"},
+        "build (train + add + tune)": {"value": f"{build['build_s']} s, of which {build['tuning_truth_s']} s the "
+                                                f"exact top-10 of the {tune} tuning queries; peak RSS "
+                                                f"{mb(build['peak_rss_mb'])} MB"},
+        "index": {"value": f"{settings['factory']}: {build['index_mb']:,} MB of codes and lists"},
+        "tuned to": {"value": f"nprobe={settings['value'][0]}, re-rank {settings['value'][1]} x k: recall@10 "
+                              f"{settings['recall@10']} on the {tune} tuning queries"},
+        "search process memory": {"value": f"RSS after load {mb(search['rss_after_load_mb'])} MB; peak "
+                                           f"{mb(search['peak_rss_mb'])} MB; at the end "
+                                           f"{mb(search['RssAnon'])} MB anonymous + {mb(search['RssFile'])} MB "
+                                           "mapped store pages"},
+        f"update: add {added:,} items": {"value": f"{update['add_s']} s (encoded into the trained cells)"},
+        f"update: remove {added:,} items": {"value": f"{update['remove_s']} s"},
+        "update: re-measure the recall": {"value": f"{build['tuning_truth_s']} s (the tuning queries' exact search)"},
+    }
+    chosen = search["chosen"]
+    curve = {f"nprobe {point['nprobe']}, re-rank {point['rerank']} x k"
+             f"{' (tuned)' if [point['nprobe'], point['rerank']] == chosen else ''}": {
+                 "recall@10 (held-out)": f"{point['recall@10']:.3f}",
+                 "queries/s, 1 per call": f"{point['qps_1']:,.1f}"} for point in search["curve"]}
+    return (markdown_table(summary, ["value"], f"IVF-PQ at {n:,} items") + "\n\n"
+            + markdown_table(curve, ["recall@10 (held-out)", "queries/s, 1 per call"],
+                             f"recall vs rate ({held_out} held-out queries)"))
+
+
 def run_benchmarks(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--worker", nargs=2, metavar=("KIND", "JSON"), help=argparse.SUPPRESS)
-    parser.add_argument("--only", default="embed,search,train", help="comma-separated subset of embed,search,train")
+    parser.add_argument("--only", default="embed,search,train",
+                        help="comma-separated subset of embed,search,train,scale (scale: about an hour at 10M)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per measurement (CPU)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the embedding variants")
@@ -364,6 +518,10 @@ def run_benchmarks(argv: list[str] | None = None) -> int:
                         help="add a torch.compile embedding row (default: on CUDA only)")
     parser.add_argument("--sizes", default="10000,100000,1000000", help="catalogue sizes of the search benchmark")
     parser.add_argument("--dim", type=int, default=1024, help="embedding size (default: the models' 1024)")
+    parser.add_argument("--scale-items", type=int, default=10_000_000, help="catalogue size of the scale benchmark")
+    parser.add_argument("--scale-added", type=int, default=10_000, help="items added and removed by its update step")
+    parser.add_argument("--scale-dir", default=tempfile.gettempdir(),
+                        help="where its float16 store is written (2 bytes x d x items; deleted afterwards)")
     parser.add_argument("--synthmusic", default="data/synthmusic", help="SynthMusic root of the training benchmark")
     parser.add_argument("--train-items", type=int, default=128, help="clips the frozen mode caches")
     parser.add_argument("--train-steps", type=int, default=3, help="timed steps per mode (after one warm-up)")
@@ -379,7 +537,8 @@ def run_benchmarks(argv: list[str] | None = None) -> int:
     info = machine(args.device)
     sections = {"embed": ("Audio embedding throughput (10-s clips/s)", bench_embed),
                 "search": ("Search, top-10 (random unit vectors)", bench_search),
-                "train": ("Training step time (SynthMusic)", bench_train)}
+                "train": ("Training step time (SynthMusic)", bench_train),
+                "scale": ("Search at scale: IVF-PQ with re-ranking from a float16 store on disk", bench_scale)}
     tables = {}
     for name in args.only.split(","):
         title, bench = sections[name]
