@@ -298,3 +298,18 @@ def test_a_killed_add_leaves_the_old_index(trained_run: Path, tmp_path: Path, of
                             cwd=ROOT, capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.returncode == 9, result.stderr.decode()[-2000:]
     assert out.read_bytes() == before and len(load_index(out)) == 1
+
+
+def test_index_info_prints_the_ivfpq_setting(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    names = [f"item_{i}.wav" for i in range(1200)]
+    index = make_index(clustered(1200).half(), names)
+    index.info.update(created="today", source="generated", checkpoint={"path": "nowhere"},
+                      model={"fingerprint": {}, "weights": "0" * 64, "config": {}},
+                      embedding={"metadata_kinds": ""})
+    index.use_backend("faiss", kind="ivfpq", target_recall=0.9, progress=False)
+    path = index_module.save_index(index, tmp_path / "pq.index")
+    assert main(["index", "info", str(path)]) == 0
+    nprobe, rerank = index.info["search"]["value"]
+    assert (f"approximate: {index.info['search']['factory']} with nprobe={nprobe}, re-ranking {rerank}k candidates: "
+            f"recall@10 {index.info['search']['recall@10']:.3f}") in capsys.readouterr().out
+    assert index.info["search"]["factory"] == "IVF31,PQ4x4fs"  # sqrt(1200) cells, 8 dimensions a 4-bit code

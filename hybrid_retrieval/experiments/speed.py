@@ -23,6 +23,11 @@ Results go to stdout and to --out (JSON and Markdown); every row names the devic
    measured for IVF too.
 3. train: seconds per optimizer step on SynthMusic, frozen towers on cached features against full
    fine-tuning of both towers, with the one-off feature caching time of the frozen mode.
+4. scale (only when asked: `--only scale`): a 10M-item catalogue of structured vectors as a
+   float16 store on disk (written under --scale-dir, deleted afterwards) searched through an
+   IVF-PQ index with exact re-ranking from the memory-mapped store: build time, recall@10 against
+   exact search and single-query rate over a grid of nprobe and re-ranking depths, the memory of
+   the searching process, and the time to add and remove items against the rebuild.
 """
 from __future__ import annotations
 

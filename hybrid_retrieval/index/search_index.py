@@ -133,9 +133,9 @@ class SearchIndex:
             scores, rows = search(queries, ask)
             keep = torch.tensor([[row >= 0 and where.matches(records[row]) for row in line] for line in rows.tolist()],
                                 dtype=torch.bool).reshape(rows.shape)
-            # a backend pads with -1 only where it has nothing more to give
-            more = (keep.sum(dim=1) < k) & (rows[:, -1] >= 0) if rows.shape[1] == ask else torch.zeros(1, dtype=torch.bool)
-            if not more.any() or ask >= len(self):
+            # a backend pads with -1 (or returns fewer columns) only where it has nothing more to give
+            more = (keep.sum(dim=1) < k) & (rows[:, -1] >= 0)
+            if rows.shape[1] < ask or not more.any() or ask >= len(self):
                 break
             ask = min(len(self), 2 * ask)
         out_scores = torch.full((len(queries), k), -math.inf)

@@ -115,9 +115,9 @@ class FaissBackend:
         kind "ivf": an inverted file of round(sqrt(n)) k-means cells, tuned by nprobe; "ivfpq":
         the same cells holding product-quantised residuals (16 dimensions a byte; at least
         IVFPQ_MIN_ITEMS items), tuned by nprobe and the re-ranking depth; "hnsw": a 32-link HNSW
-        graph, tuned by efSearch.
-        The quantizers train on a random sample (256 vectors a cell) and the vectors are added
-        in chunks, so the embeddings may be a memory-mapped store larger than memory.
+        graph, tuned by efSearch. The quantizers train on a random sample (`_TRAIN_PER_CELL`
+        vectors a cell) and the vectors are added in chunks, so the embeddings may be a
+        memory-mapped store larger than memory.
         """
         n, dim = embeddings.shape
         if n < 2:
