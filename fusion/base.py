@@ -21,6 +21,9 @@ class ItemEncoder(nn.Module):
     # True: the constructor takes `metadata_projection`, the query text projection when the
     # metadata encoder is shared with the queries (None: a separate encoder, own projection)
     uses_text_projection: bool = False
+    # True: the constructor takes `class_embeddings`, (n_classes, text_dim): the text tower's
+    # L2-normalised embeddings of the audio tower's class names (`model.class_name_embeddings`)
+    uses_class_embeddings: bool = False
 
     def forward(self, audio: TowerOutput | None, metadata: TowerOutput | None = None,
                 present: Tensor | None = None) -> Tensor:

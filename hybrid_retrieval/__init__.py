@@ -13,6 +13,8 @@ _EXPORTS = {
     "audioset_labels": "hybrid_retrieval.audio.tower",
     "TextTower": "hybrid_retrieval.text.tower",
     "create_model": "hybrid_retrieval.model",
+    "RetrievalModel": "hybrid_retrieval.model",
+    "load_retrieval_model": "hybrid_retrieval.models",
     "list_models": "hybrid_retrieval.model",
     "ModelConfig": "hybrid_retrieval.model",
     "ContrastiveLoss": "hybrid_retrieval.losses",

@@ -106,6 +106,17 @@ class FeatureCache:
             return None
         return tensors
 
+    def missing(self, namespace: str, keys: Sequence[str]) -> list[int]:
+        """The positions of the keys not stored (the first of a repeated key), in order: what
+        `get_or_compute` computes, unless a stored shard turns out damaged when it is read."""
+        index = self._index(namespace)
+        missing, seen = [], set()
+        for i, key in enumerate(keys):
+            if key not in index and key not in seen:
+                seen.add(key)
+                missing.append(i)
+        return missing
+
     def get_or_compute(self, namespace: str, keys: Sequence[str],
                        compute: Callable[[Sequence[int]], list[TowerOutput | None]],
                        keep_tokens: bool = True, progress: bool = True) -> list[TowerOutput | None]:
@@ -120,11 +131,7 @@ class FeatureCache:
             tensors = self._load(namespace, shard)
             if tensors is not None:
                 loaded[shard] = tensors
-        missing, seen = [], set()
-        for i, key in enumerate(keys):
-            if key not in index and key not in seen:
-                seen.add(key)
-                missing.append(i)
+        missing = self.missing(namespace, keys)
         chunks = [missing[s:s + self.shard_size] for s in range(0, len(missing), self.shard_size)]
         for chunk in tqdm(chunks, desc=f"embedding {namespace} ({len(missing)} new)", disable=not progress or not chunks):
             done = [(keys[i], out) for i, out in zip(chunk, compute(chunk), strict=True) if out is not None]

@@ -5,6 +5,7 @@ evaluation and the search index; the heads (projections, fusion) are cheap and a
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -14,7 +15,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from hybrid_retrieval.audio.io import AudioLoadError, audio_windows
+from hybrid_retrieval.audio.io import AudioLoadError
+from hybrid_retrieval.audio.reader import DEFAULT_WORKERS, AudioReader
 from hybrid_retrieval.audio.tower import AudioTower, merge_windows
 from hybrid_retrieval.cache import FeatureCache, audio_key
 from hybrid_retrieval.errors import BadInputError
@@ -44,46 +46,58 @@ def text_cache(tower: TextTower, cache_dir: str | Path | FeatureCache | None,
 
 
 def embed_audio_files(tower: AudioTower, paths: Sequence[str | Path], batch_size: int = 32,
-                      window_seconds: float | None = None,
-                      runner: torch.nn.Module | None = None) -> list[TowerOutput | AudioLoadError]:
+                      window_seconds: float | None = None, runner: torch.nn.Module | None = None,
+                      reader: AudioReader | None = None) -> list[TowerOutput | AudioLoadError]:
     """Tower outputs of audio files, or the AudioLoadError (naming the file) of each file that
     cannot be used; the other files are embedded all the same. With `window_seconds`, a longer
     file is read window by window (`io.audio_windows`) and its windows' outputs merged, so memory
-    holds a window and the outputs, not the file."""
+    holds a window and the outputs, not the file. `reader`: an AudioReader (of the same window)
+    whose worker processes read the files ahead of the tower; without one they are read here,
+    one window at a time. Either way the tower sees the same pieces in the same order."""
     window = tower.window_samples(window_seconds)
+    source = reader if reader is not None else AudioReader([], window, tower.sample_rate)
+    if source.window != window or source.sample_rate != tower.sample_rate:
+        raise BadInputError(f"the reader cuts {source.window}-sample windows at {source.sample_rate} Hz, the tower "
+                         f"needs {window} at {tower.sample_rate} Hz")
     failures: dict[int, AudioLoadError] = {}
-
-    def pieces() -> Iterator[tuple[int, np.ndarray]]:
-        for i, path in enumerate(paths):
-            try:
-                for piece in audio_windows(path, window, tower.sample_rate):
-                    yield i, piece
-            except AudioLoadError as exc:
-                failures[i] = exc
-
-    per_file = tower.embed_windows(pieces(), len(paths), batch_size, runner=runner)
+    per_file = tower.embed_windows(source.pieces(paths, failures), len(paths), batch_size, runner=runner)
     return [failures[i] if i in failures else merge_windows(outs) for i, outs in enumerate(per_file)]
 
 
+def audio_reader(tower: AudioTower, paths: Sequence[str | Path], cache: FeatureCache | None,
+                 window_seconds: float | None, workers: int = DEFAULT_WORKERS,
+                 progress: tqdm | None = None) -> AudioReader:
+    """An AudioReader of the files of `paths` that `cache` does not hold (all without a cache),
+    in order: what `audio_outputs` will ask the tower for."""
+    todo = range(len(paths)) if cache is None else cache.missing("audio", [audio_key(p) for p in paths])
+    return AudioReader([paths[i] for i in todo], tower.window_samples(window_seconds), tower.sample_rate,
+                       workers=workers, progress=progress)
+
+
 def audio_outputs(tower: AudioTower, paths: Sequence[str | Path], cache_dir: str | Path | FeatureCache | None = None,
-                  batch_size: int = 32, window_seconds: float | None = None,
-                  progress: bool = True) -> list[TowerOutput | None]:
+                  batch_size: int = 32, window_seconds: float | None = None, progress: bool = True,
+                  workers: int = DEFAULT_WORKERS, reader: AudioReader | None = None) -> list[TowerOutput | None]:
     """Tower outputs of audio files (whole clips, or averaged windows), through the cache if given
     (a folder, or a cache opened by audio_cache with the same window_seconds). A file that cannot
     be used (missing, not audio, empty, no finite sample) gets None and one warning naming it;
-    the others are computed and cached all the same (see `embed_audio_files`)."""
-
-    def compute(positions: Sequence[int]) -> list[TowerOutput | None]:
-        outputs = embed_audio_files(tower, [paths[i] for i in positions], batch_size, window_seconds)
-        for out in outputs:
-            if isinstance(out, AudioLoadError):
-                log.warning("skipping: %s", out)
-        return [None if isinstance(out, AudioLoadError) else out for out in outputs]
-
+    the others are computed and cached all the same (see `embed_audio_files`). The files to
+    compute are decoded by `workers` processes (0: this one) while the tower runs, or by `reader`
+    (`audio_reader`) when the caller goes through a larger catalogue in parts."""
     cache = audio_cache(tower, cache_dir, window_seconds)
-    if cache is None:
-        return compute(range(len(paths)))
-    return cache.get_or_compute("audio", [audio_key(p) for p in paths], compute, progress=progress)
+    with contextlib.nullcontext(reader) if reader is not None else \
+            audio_reader(tower, paths, cache, window_seconds, workers) as source:
+
+        def compute(positions: Sequence[int]) -> list[TowerOutput | None]:
+            outputs = embed_audio_files(tower, [paths[i] for i in positions], batch_size, window_seconds,
+                                        reader=source)
+            for out in outputs:
+                if isinstance(out, AudioLoadError):
+                    log.warning("skipping: %s", out)
+            return [None if isinstance(out, AudioLoadError) else out for out in outputs]
+
+        if cache is None:
+            return compute(range(len(paths)))
+        return cache.get_or_compute("audio", [audio_key(p) for p in paths], compute, progress=progress)
 
 
 def require_outputs(outputs: Sequence[TowerOutput | None], paths: Sequence[str | Path]) -> list[TowerOutput]:
@@ -100,18 +114,27 @@ def require_outputs(outputs: Sequence[TowerOutput | None], paths: Sequence[str |
 def text_outputs(tower: TextTower, texts: Sequence[str], cache_dir: str | Path | FeatureCache | None = None,
                  batch_size: int = 256, keep_tokens: bool = False, progress: bool = True) -> list[TowerOutput]:
     """Tower outputs of texts in eval mode; with keep_tokens=False only the pooled embedding is kept.
-    cache_dir: a folder, or a cache opened by text_cache with the same keep_tokens."""
+    cache_dir: a folder, or a cache opened by text_cache with the same keep_tokens.
+
+    Texts are batched in order of length (as sentence-transformers' `encode` does), so a batch
+    pads its texts to a similar length; the outputs come back in the order of `texts`."""
 
     @torch.inference_mode()
     def compute(positions: Sequence[int]) -> list[TowerOutput]:
-        outs: list[TowerOutput] = []
+        order = sorted(range(len(positions)), key=lambda j: len(texts[positions[j]]))
+        outs: list[TowerOutput | None] = [None] * len(positions)
         with eval_mode(tower):
-            for start in range(0, len(positions), batch_size):
-                chunk = [texts[i] for i in positions[start:start + batch_size]]
-                outs.extend(tower(chunk).to("cpu").unbatch())
-        if not keep_tokens:
-            outs = [TowerOutput(o.embedding[:, None], torch.ones(1, 1, dtype=torch.bool), o.embedding) for o in outs]
-        return outs
+            for start in range(0, len(order), batch_size):
+                chunk = order[start:start + batch_size]
+                out = tower([texts[positions[j]] for j in chunk]).to("cpu")
+                if keep_tokens:
+                    singles = out.unbatch()
+                else:
+                    present = torch.ones(1, 1, dtype=torch.bool)
+                    singles = [TowerOutput(e[None, None], present, e[None]) for e in out.embedding]
+                for j, single in zip(chunk, singles):
+                    outs[j] = single
+        return outs  # type: ignore[return-value]
 
     cache = text_cache(tower, cache_dir, keep_tokens)
     if cache is None:
@@ -148,43 +171,84 @@ def query_embeddings(model: RetrievalModel, text: Sequence[TowerOutput], batch_s
 
 def embed_catalogue(model: RetrievalModel, paths: Sequence[str | Path], metadata: Sequence[str] | None = None,
                     cache_dir: str | Path | None = None, window_seconds: float | None = None,
-                    progress: bool = True, chunk_size: int = 256) -> Tensor:
+                    progress: bool = True, chunk_size: int = 256, workers: int = DEFAULT_WORKERS) -> Tensor:
     """Normalised item embeddings of audio files (fused with their metadata for hybrid models).
     A file that cannot be used raises BadInputError naming it (the files before it stay cached);
     catalogues and training data check their files first (`io.usable_audio`).
 
     Items go through the towers and the heads `chunk_size` at a time, so memory holds one
-    chunk's audio and tower outputs besides the (n, d) result, whatever the catalogue's size;
-    one progress bar counts the items.
+    chunk's audio and tower outputs besides the (n, d) result, whatever the catalogue's size.
+    The audio files are decoded and resampled by `workers` processes (`audio.reader`; 0: this
+    one), ahead of the audio tower and across chunks. One progress bar counts the files, with
+    their rate and the time left.
     """
+    chunks = [range(start, min(start + chunk_size, len(paths))) for start in range(0, len(paths), chunk_size)]
+    parts = list(embed_catalogue_chunks(model, paths, chunks, metadata, cache_dir, window_seconds, progress, workers))
+    return torch.cat([torch.empty(0, model.config.embed_dim), *parts])
+
+
+def embed_catalogue_chunks(model: RetrievalModel, paths: Sequence[str | Path], chunks: Sequence[range],
+                           metadata: Sequence[str] | None = None, cache_dir: str | Path | None = None,
+                           window_seconds: float | None = None, progress: bool = True,
+                           workers: int = DEFAULT_WORKERS) -> Iterator[Tensor]:
+    """The normalised item embeddings of each of `chunks` (ranges of positions into `paths`, in
+    increasing order) in turn, as `embed_catalogue` computes them: one audio reader runs ahead
+    across all chunks, so a caller can store each chunk's result (a sharded build writes shards)
+    while the next chunk's files are being read."""
     with eval_mode(model):
-        return _embed_catalogue(model, paths, metadata, cache_dir, window_seconds, progress, chunk_size)
+        yield from _embed_chunks(model, paths, chunks, metadata, cache_dir, window_seconds, progress, workers)
 
 
-def _embed_catalogue(model: RetrievalModel, paths: Sequence[str | Path], metadata: Sequence[str] | None,
-                     cache_dir: str | Path | None, window_seconds: float | None, progress: bool,
-                     chunk_size: int) -> Tensor:
+def _embed_chunks(model: RetrievalModel, paths: Sequence[str | Path], chunks: Sequence[range],
+                  metadata: Sequence[str] | None, cache_dir: str | Path | None, window_seconds: float | None,
+                  progress: bool, workers: int) -> Iterator[Tensor]:
     texts = None
-    if model.item_encoder.uses_audio:
-        audio_store = audio_cache(model.audio_tower, cache_dir, window_seconds)
     if model.uses_metadata:
         texts = list(metadata) if metadata is not None else [""] * len(paths)
         metadata_tower = model.metadata_encoder
         text_store = text_cache(metadata_tower, cache_dir, keep_tokens=True)
-    parts = [torch.empty(0, model.config.embed_dim)]
-    with tqdm(total=len(paths), desc="embedding items", unit="item", disable=not progress) as bar:
-        for start in range(0, len(paths), chunk_size):
-            chunk = slice(start, start + chunk_size)
+    wanted = [paths[i] for chunk in chunks for i in chunk]
+    with tqdm(total=len(wanted), desc="embedding items", unit="file", disable=not progress) as bar, \
+            contextlib.ExitStack() as stack:
+        reader = None
+        if model.item_encoder.uses_audio:
+            audio_store = audio_cache(model.audio_tower, cache_dir, window_seconds)
+            reader = stack.enter_context(audio_reader(model.audio_tower, wanted, audio_store, window_seconds,
+                                                      workers, progress=bar))
+        for chunk in chunks:
+            chunk_paths = [paths[i] for i in chunk]
             audio = meta = present = None
-            if model.item_encoder.uses_audio:
-                audio = require_outputs(audio_outputs(model.audio_tower, paths[chunk], audio_store,
-                                                      window_seconds=window_seconds, progress=False), paths[chunk])
+            read_before = reader.files_read if reader is not None else 0
+            if reader is not None:
+                audio = require_outputs(audio_outputs(model.audio_tower, chunk_paths, audio_store,
+                                                      window_seconds=window_seconds, progress=False, reader=reader),
+                                        chunk_paths)
             if texts is not None:
-                meta = text_outputs(metadata_tower, texts[chunk], text_store, keep_tokens=True, progress=False)
-                present = metadata_present(texts[chunk])
-            parts.append(item_embeddings(model, audio, meta, present))
-            bar.update(len(paths[chunk]))
-    return torch.cat(parts)
+                chunk_texts = [texts[i] for i in chunk]
+                meta = text_outputs(metadata_tower, chunk_texts, text_store, keep_tokens=True, progress=False)
+                present = metadata_present(chunk_texts)
+            read = reader.files_read - read_before if reader is not None else 0
+            bar.update(len(chunk) - read)  # the files read were counted as they were read
+            yield item_embeddings(model, audio, meta, present) if len(chunk) else torch.empty(0, model.config.embed_dim)
+
+
+def example_embedding(model: RetrievalModel, clip: str | Path | np.ndarray | Tensor,
+                      window_seconds: float | None = None) -> Tensor:
+    """(1, embed_dim) normalised embedding of an example clip (a file, or a mono waveform at the
+    tower's rate) as a catalogue item without metadata, cut into windows of `window_seconds` as
+    the catalogue's files were: the query of a search by example. AudioLoadError naming a file
+    that cannot be used; BadInputError for a model whose items ignore their audio."""
+    if not model.item_encoder.uses_audio:
+        raise BadInputError(f"this checkpoint embeds items from their metadata alone (fusion={model.config.fusion!r}): "
+                            "an example clip cannot query it")
+    with eval_mode(model):
+        if isinstance(clip, (str, Path)):
+            out = embed_audio_files(model.audio_tower, [clip], window_seconds=window_seconds)[0]
+            if isinstance(out, AudioLoadError):
+                raise out
+        else:
+            out = model.audio_tower.embed_waveforms([clip], window_seconds=window_seconds)[0]
+        return item_embeddings(model, [out])
 
 
 def embed_queries(model: RetrievalModel, texts: Sequence[str], cache_dir: str | Path | None = None,

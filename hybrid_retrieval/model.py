@@ -18,9 +18,10 @@ from torch import Tensor, nn
 
 import fusion
 from hybrid_retrieval.audio.frontend import FrontendConfig
-from hybrid_retrieval.audio.tower import AudioTower, create_audio_tower
+from hybrid_retrieval.audio.tower import AudioTower, audioset_labels, create_audio_tower
 from hybrid_retrieval.config_base import StrictConfig
 from hybrid_retrieval.errors import BadInputError
+from hybrid_retrieval.modes import eval_mode
 from hybrid_retrieval.outputs import TowerOutput
 from hybrid_retrieval.projection import Projection
 from hybrid_retrieval.text.tower import DEFAULT_TEXT_MODEL, TextTower
@@ -69,10 +70,12 @@ class RetrievalModel(nn.Module):
         # The metadata encoder (text tower + projection) is the query's own unless the config asks
         # for a separate copy: then the metadata gets a copy of the tower and its own projection.
         shared = not config.separate_metadata_encoder
+        options = {"projection": config.projection, **config.fusion_options.get(config.fusion, {})}
+        if config.fusion in fusion.FUSIONS and fusion.FUSIONS[config.fusion].uses_class_embeddings:
+            options["class_embeddings"] = class_name_embeddings(text_tower, audioset_labels())
         self.item_encoder = fusion.create_fusion(
             config.fusion, audio_dim=audio_tower.embed_dim, text_dim=text_tower.embed_dim,
-            embed_dim=config.embed_dim, metadata_projection=self.text_proj if shared else None,
-            **{"projection": config.projection, **config.fusion_options.get(config.fusion, {})},
+            embed_dim=config.embed_dim, metadata_projection=self.text_proj if shared else None, **options,
         )
         self.uses_metadata = bool(self.item_encoder.uses_metadata)
         if self.uses_metadata and not config.metadata:
@@ -179,19 +182,76 @@ class RetrievalModel(nn.Module):
         """Identifies the towers an embedding cache or index was made with."""
         return {**self.audio_tower.fingerprint(), **self.text_tower.fingerprint()}
 
+    # -- zero-shot classification and loading by name (open_clip / CLAP style) --------------
+    def classify(self, audio: Tensor, class_names: Sequence[str], prompt: str = "{}",
+                 multi_label: bool = False) -> Tensor:
+        """Zero-shot classification of clips: (n_clips, n_classes) scores in `class_names`' order.
+
+        audio: (samples,) or (n_clips, samples) waveforms of equal length at 32 kHz; each class
+        name is put into `prompt` at its `{}` ("this is {} music") and embedded as a query; the
+        clips are embedded as items without metadata. Scores: `zeroshot.class_probabilities`
+        (a softmax over the classes at the model's temperature, or with `multi_label` one
+        calibrated sigmoid per class).
+        """
+        from hybrid_retrieval.zeroshot import class_probabilities, prompted
+
+        texts = prompted(class_names, prompt)
+        waves = audio[None] if audio.dim() == 1 else audio
+        with eval_mode(self), torch.inference_mode():
+            cosines = self.encode_items(waves.to(self.device)) @ self.encode_text(texts).T
+        return class_probabilities(cosines.cpu(), float(self.logit_scale), multi_label)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, device: str | torch.device = "cpu") -> RetrievalModel:
+        """A model by name, in eval mode: a checkpoint or run folder (a local folder in the Hub
+        layout is one), a released checkpoint, `audioset_tags`, or a Hugging Face Hub id
+        ("user/repo"); see `models.load_retrieval_model`."""
+        from hybrid_retrieval.models import load_retrieval_model
+
+        return load_retrieval_model(name_or_path, device)[0]
+
+    def push_to_hub(self, repo_id: str, *, private: bool | None = None, token: str | None = None,
+                    commit_message: str = "Upload hybrid_retrieval model") -> str:
+        """Upload this model to a Hugging Face Hub model repository in the checkpoints' layout
+        (config.json + model.safetensors; frozen pretrained towers as fingerprints); returns the
+        commit's URL. See `models.push_to_hub`."""
+        from hybrid_retrieval.models import push_to_hub
+
+        return push_to_hub(self, repo_id, private=private, token=token, commit_message=commit_message)
+
 
 def metadata_present(texts: Sequence[str]) -> Tensor:
     """(n,) bool: which items have metadata text (the others fall back to their audio)."""
     return torch.tensor([bool(t.strip()) for t in texts])
 
 
-def create_model(name: str | ModelConfig = "mn04_minilm", pretrained: bool = True,
+@torch.no_grad()
+def class_name_embeddings(text_tower: TextTower, names: Sequence[str], batch_size: int = 128) -> Tensor:
+    """(n_names, text_dim): the text tower's pooled embeddings of class names, L2-normalised,
+    computed in eval mode (the fixed label embeddings of training-free fusions)."""
+    with eval_mode(text_tower):
+        parts = [text_tower(list(names[start:start + batch_size])).embedding
+                 for start in range(0, len(names), batch_size)]
+    return nn.functional.normalize(torch.cat(parts), dim=-1)
+
+
+def create_model(name: str | ModelConfig = "mn04_minilm", pretrained: bool | str = True,
                  audio_weights: str | None = None, **overrides) -> RetrievalModel:
     """Build a retrieval model from a named config (or a ModelConfig), with keyword overrides.
 
-    pretrained: load the audio tower's released weights (EfficientAT) or timm weights where online;
-    the text tower always loads its pretrained Hugging Face weights.
+    pretrained: True/False: load the audio tower's released weights (EfficientAT) or timm weights
+    where online, or not; the text tower always loads its pretrained Hugging Face weights. A
+    string loads trained weights, open_clip style: a released checkpoint's name, a checkpoint or
+    run folder, or a Hugging Face Hub id (`models.load_pretrained`, which checks that they were
+    trained with `name`'s towers; no overrides then).
     """
+    if isinstance(pretrained, str):
+        if overrides or not isinstance(name, str):
+            raise BadInputError("create_model(name, pretrained=<checkpoint>) takes a config name and no overrides: "
+                                "the checkpoint's own config.json defines the model")
+        from hybrid_retrieval.models import load_pretrained
+
+        return load_pretrained(name, pretrained, audio_weights=audio_weights)
     config = get_model_config(name) if isinstance(name, str) else copy.deepcopy(name)
     config = ModelConfig.from_dict({**config.to_dict(), **overrides})
     audio = create_audio_tower(config.audio_encoder, pretrained=pretrained, weights=audio_weights,

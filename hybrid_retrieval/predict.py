@@ -105,7 +105,9 @@ def score_catalogue(model: RetrievalModel, items: Sequence[CatalogueItem], queri
 def add_predict_command(sub: argparse._SubParsersAction) -> None:
     """Register `predict` on the main parser's sub-commands."""
     predict = sub.add_parser("predict", help="top-k file names per caption for a DCASE submission (and all scores)")
-    predict.add_argument("--checkpoint", required=True, help="checkpoint directory, or a run directory (its latest)")
+    predict.add_argument("--checkpoint", required=True,
+                         help="checkpoint or run directory (its latest), a released checkpoint, audioset_tags "
+                              "(training-free) or a Hugging Face Hub id")
     predict.add_argument("--audio", required=True, help="folder of the audio files to rank (searched recursively)")
     predict.add_argument("--queries", required=True, help="UTF-8 CSV with a caption (or query) column")
     predict.add_argument("--out", required=True, help="CSV to write: caption,fname_1,...,fname_k")

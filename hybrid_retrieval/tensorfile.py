@@ -90,13 +90,17 @@ def check_rows(embeddings: Tensor, names: dict[str, object], scan: bool = True) 
         raise BadInputError(f"{len(bad)} of its embeddings hold NaN or infinite values (first: {first!r})")
 
 
-def read_safetensors(path: str | Path) -> dict[str, Tensor]:
-    """The tensors of a safetensors file: NotFoundError if it is missing, BadInputError naming it
+def read_safetensors(path: str | Path, prefixes: tuple[str, ...] | None = None) -> dict[str, Tensor]:
+    """The tensors of a safetensors file (only those whose names start with one of `prefixes`,
+    if given: the others are not read): NotFoundError if it is missing, BadInputError naming it
     if it is empty, truncated or otherwise not a safetensors file."""
     path = Path(path)
     if not path.is_file():
         raise NotFoundError(f"{path} is missing")
     try:
+        if prefixes is not None:
+            with safe_open(str(path), "pt") as handle:
+                return {name: handle.get_tensor(name) for name in handle.keys() if name.startswith(prefixes)}
         return load_file(str(path))
     except (SafetensorError, OSError) as exc:
         size = path.stat().st_size

@@ -23,15 +23,24 @@ def printable(text: object) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
-def at_least_one(value: str) -> int:
-    """argparse type of counts such as --top: an integer of at least 1."""
+def _count(value: str, minimum: int) -> int:
     try:
         number = int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {number}")
+    if number < minimum:
+        raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {number}")
     return number
+
+
+def at_least_one(value: str) -> int:
+    """argparse type of counts such as --top: an integer of at least 1."""
+    return _count(value, 1)
+
+
+def at_least_zero(value: str) -> int:
+    """argparse type of counts that may be 0, such as --workers."""
+    return _count(value, 0)
 
 
 def _number(value: str) -> float:
@@ -66,6 +75,25 @@ def recall(value: str) -> float:
     if not 0 < number <= 1:
         raise argparse.ArgumentTypeError(f"must be above 0 and at most 1, not {value}")
     return number
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--checkpoint, --window-seconds and --device, as the commands that embed audio or text with a
+    retrieval model take them (`models.load_retrieval_model`, `window_or_default`)."""
+    parser.add_argument("--checkpoint", required=True,
+                        help="checkpoint or run directory (its latest), a released checkpoint, audioset_tags "
+                             "(training-free) or a Hugging Face Hub id")
+    parser.add_argument("--window-seconds", type=window_length, default=None,
+                        help="embed longer files as the mean of windows of this length, read one at a time "
+                             "(default: the audio model's training clip length, 10 s; 0: whole files)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+
+
+def window_or_default(given: float | None, default: float) -> float | None:
+    """A --window-seconds value as the embedding code takes it: `default` (the audio tower's) when
+    not given; None (whole files) for 0."""
+    seconds = default if given is None else given
+    return seconds or None
 
 
 def readable_file(path: str | Path, what: str = "file") -> Path:

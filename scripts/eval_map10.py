@@ -3,6 +3,7 @@
 
     python scripts/eval_map10.py --checkpoint runs/3 --dataset clotho --root data/clotho --split evaluation
     python scripts/eval_map10.py --checkpoint runs/3 --dataset synthmusic --root data/synthmusic --split eval --json
+    python scripts/eval_map10.py --checkpoint audioset_tags --dataset clotho --root data/clotho --split evaluation
     python scripts/eval_map10.py --checkpoint runs/3 --dataset clotho --root data/clotho --split evaluation \
         --relevance data/clotho/retrieval_audio_metadata_eval.csv
 
@@ -23,14 +24,15 @@ from hybrid_retrieval.errors import run_reporting_errors
 from hybrid_retrieval.evaluation import RELEVANCE_MAP_KS, evaluate
 from hybrid_retrieval.hub import check_writable
 from hybrid_retrieval.metrics import read_relevance_csv
+from hybrid_retrieval.models import load_retrieval_model
 from hybrid_retrieval.report import markdown_table, random_baseline
-from hybrid_retrieval.training.checkpoint import load_checkpoint
-from hybrid_retrieval.training.loop import resolve_device
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="checkpoint directory, or a run directory (its latest)")
+    parser.add_argument("--checkpoint", required=True,
+                        help="checkpoint or run directory (its latest), a released checkpoint, audioset_tags "
+                             "(training-free) or a Hugging Face Hub id")
     parser.add_argument("--dataset", required=True, choices=DATASETS)
     parser.add_argument("--root", required=True, help="dataset root folder")
     parser.add_argument("--split", required=True, help="split name or alias (e.g. evaluation, test, eval)")
@@ -45,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cache_dir:
         check_writable(args.cache_dir, directory=True)  # before any work
     relevance = read_relevance_csv(args.relevance) if args.relevance else None
-    model, _ = load_checkpoint(args.checkpoint, device=resolve_device(args.device))
+    model, _ = load_retrieval_model(args.checkpoint, args.device)
     items = load_split(args.dataset, args.root, args.split)
     cache = args.cache_dir if model.cache_is_valid else None
     metrics = evaluate(model, items, cache, progress=not args.json, relevance=relevance)

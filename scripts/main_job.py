@@ -3,10 +3,14 @@
 1. generate the SynthMusic benchmark into data/synthmusic (cached: a second run does nothing);
 2. train the content-only retrieval model on it (scripts/train.py, frozen pretrained towers)
    and evaluate it with scripts/eval_map10.py, beside a random baseline;
-3. the hybrid-retrieval table: content-only vs metadata fusion (scripts/benchmark.py);
-4. the disentangled-similarity table: triplet accuracy per condition of the four configs
+3. the hybrid-retrieval table: content-only vs metadata fusion, beside random and the training-free
+   AudioSet-tags model (scripts/benchmark.py);
+4. the zero-shot classification table: genre, mood, lead instrument and tempo bin of the
+   evaluation clips with the content-only model, the best hybrid row's model (items without
+   metadata) and the training-free model (scripts/eval_zeroshot.py);
+5. the disentangled-similarity table: triplet accuracy per condition of the four configs
    (scripts/eval_triplets.py, models saved to results/disentangled) and its subspace picture.
-Steps 3 and 4 need the pretrained audio tower and are skipped without it; then the first lines
+Steps 3 to 5 need the pretrained audio tower and are skipped without it; then the first lines
 say so, and that the numbers will not be meaningful, and how to fetch the weights.
 Each step is the command a user would run; it is printed before it runs.
 
@@ -22,6 +26,7 @@ import time
 from pathlib import Path
 
 from hybrid_retrieval.audio.pretrained import PRETRAINED, WeightsNotFoundError, resolve_weights, weights_cache_dir
+from hybrid_retrieval.experiments.retrieval_table import best_hybrid_run
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = "data/synthmusic"
@@ -77,6 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     if pretrained:
         timings["fusion table"] = step("hybrid retrieval: metadata fusion vs content-only", [
             "scripts/benchmark.py", "--dataset", "synthmusic", "--seeds", str(args.seeds)], env)
+        _, hybrid_run = best_hybrid_run(ROOT / "results" / "synthmusic" / "table.json")
+        timings["zero-shot table"] = step("zero-shot classification: genre, mood, instrument, tempo", [
+            "scripts/eval_zeroshot.py", "--checkpoint", str(run_dir), "--checkpoint", str(hybrid_run),
+            "--checkpoint", "audioset_tags", "--root", DATA, "--split", "evaluation",
+            "--cache-dir", ".cache/features", "--out", "results/zeroshot"], env)
         timings["disentangled table"] = step("disentangled music similarity: triplet accuracy per condition", [
             "scripts/eval_triplets.py", "--seeds", str(args.seeds), "--out", DISENTANGLED], env)
         timings["subspace picture"] = step("2-D projections of the subspaces", [

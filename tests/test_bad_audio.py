@@ -174,3 +174,18 @@ def test_training_data_drops_bad_clips_when_loaded(tmp_path: Path, tone_dataset:
         inputs = data.provider(batch, torch.device("cpu"))
         if not frozen:
             assert inputs["audio"].shape == (8, SR) and torch.isfinite(inputs["audio"]).all()
+
+
+def test_embed_catalogue_names_a_file_that_slipped_through(tmp_path: Path, offline_weights: Path) -> None:
+    """Callers that need every file (evaluation, an index of given paths) get one error naming the
+    files that cannot be embedded; the usable ones before them stay in the cache."""
+    from hybrid_retrieval.embedding import embed_catalogue
+    from hybrid_retrieval.errors import BadInputError
+    from hybrid_retrieval.model import create_model
+
+    files = bad_folder(tmp_path / "files")
+    model = create_model("mn04_minilm", embed_dim=16).eval()
+    paths = [files["good_a"], files["nan"], files["good_b"]]
+    with pytest.raises(BadInputError, match=r"1 audio file\(s\) cannot be embedded: .*nan\.wav"):
+        embed_catalogue(model, paths, cache_dir=tmp_path / "cache", progress=False)
+    assert len(list((tmp_path / "cache").glob("*/audio/*.safetensors"))) == 1  # the good files are kept

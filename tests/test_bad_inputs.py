@@ -1,8 +1,9 @@
 """Bad input through every command-line surface, table-driven.
 
 Each case prepares its input (a damaged copy of a good checkpoint, index, model, CSV, ...), runs one
-surface (`hybrid-retrieval tag | index build | index info | index add | index remove | search | similar`,
-`scripts/eval_map10.py`, `scripts/make_synthmusic.py` in-process; `scripts/train.py` as a process)
+surface (`hybrid-retrieval tag | index build | index info | index add | index remove | search | similar | predict | classify |
+rank-text | embed`, `scripts/eval_map10.py`, `scripts/make_synthmusic.py`, `scripts/bench.py` in-process;
+`scripts/train.py` as a process)
 and checks: the exit status, exactly one error line naming the file or value (no traceback), and,
 where a command has other inputs, that they were still processed.
 
@@ -31,6 +32,7 @@ from safetensors.torch import save_file
 
 from hybrid_retrieval.cli import main as cli_main
 from hybrid_retrieval.errors import run_reporting_errors
+from hybrid_retrieval.experiments.speed import run_benchmarks
 
 ROOT = Path(__file__).resolve().parents[1]
 SR = 32_000
@@ -212,6 +214,20 @@ def _similar(w: World, *extra: str, query: Path | None = None, catalog: Path | N
             "--checkpoint", str(checkpoint or w.csn), *extra]
 
 
+def _classify(w: World, *extra: str, audio: Path | None = None, checkpoint: Path | str | None = None) -> list[str]:
+    labels = [] if "--labels" in extra else ["--labels", "a low hum,a high whistle"]
+    return ["classify", str(audio or w.clips), "--checkpoint", str(checkpoint or w.run), *labels, *extra]
+
+
+def _rank_text(w: World, texts: Path, *extra: str) -> list[str]:
+    return ["rank-text", "--audio", str(w.clips / "low.wav"), "--texts", str(texts), "--checkpoint", str(w.run),
+            *extra]
+
+
+def _embed(w: World, t: Path, *inputs: str, out: Path | None = None) -> list[str]:
+    return ["embed", *inputs, "--checkpoint", str(w.run), "--out", str(out or t / "e.npy"), "--no-progress"]
+
+
 def _eval(w: World, checkpoint: Path | str, root: Path | str, split: str = "evaluation") -> list[str]:
     return ["eval_map10", "--checkpoint", str(checkpoint), "--dataset", "clotho", "--root", str(root),
             "--split", split]
@@ -256,6 +272,8 @@ CASES = [
     # ---- tag (its file loop is the audio-loading work's; these are its arguments and weights)
     Case("tag top 0", lambda w, t: ["tag", str(w.clips / "low.wav"), "--top", "0"], 2, ("--top", "at least 1, not 0")),
     Case("tag top negative", lambda w, t: ["tag", str(w.clips / "low.wav"), "--top", "-1"], 2, ("--top", "-1")),
+    Case("tag unknown audio runtime", lambda w, t: ["tag", str(w.clips / "low.wav")], 2,
+         ("unknown audio runtime 'fast'", "HYBRID_RETRIEVAL_RUNTIME"), env={"HYBRID_RETRIEVAL_RUNTIME": "fast"}),
     Case("tag truncated weights", lambda w, t: ["tag", str(w.clips / "low.wav"), "--weights",
                                                 str(csv_file(t, "half.pt", "PK\x03\x04 cut"))], 2,
          ("cannot read weights file", "{tmp}/half.pt")),
@@ -328,6 +346,9 @@ CASES = [
     Case("target recall above 1", lambda w, t: _build(w, t, "--target-recall", "1.5"), 2, ("--target-recall", "1.5")),
     Case("window seconds negative", lambda w, t: _build(w, t, "--window-seconds", "-1"), 2,
          ("--window-seconds", "at least 0")),
+    Case("build workers negative", lambda w, t: _build(w, t, "--workers", "-1"), 2, ("--workers", "at least 0, not -1")),
+    Case("build shard items 0", lambda w, t: _build(w, t, "--shard-items", "0"), 2, ("--shard-items", "at least 1")),
+    Case("build reads in the main process", lambda w, t: _build(w, t, "--workers", "0"), 0, also=_indexed(3)),
     # ---- bad audio among good files: skipped with one warning naming it, the rest processed
     Case("tag skips a NaN clip, tags the rest", lambda w, t: ["tag", str(_bad_audio_folder(w, t) / "nan.wav"),
          str(t / "bad_audio" / "low.wav")], 1, ("{tmp}/bad_audio/nan.wav", "no finite samples"),
@@ -406,6 +427,24 @@ CASES = [
     Case("search damaged index", lambda w, t: ["search", str(index_with(
         w, t, header=lambda h: h["checkpoint"].pop("path") and None)), "rain"], 2,
          ("damaged index", "'checkpoint.path' is missing")),
+    Case("search damaged query identity", lambda w, t: ["search", str(index_with(
+        w, t, header=lambda h: h["model"]["parts"].update(query="text"))), "rain"], 2,
+         ("{tmp}/edited.index is a damaged index", "'model.parts.query' is a str")),
+    Case("search checkpoint with truncated weights", lambda w, t: ["search", str(w.index), "rain", "--checkpoint", str(
+        checkpoint_with(w, t, lambda d: (d / "model.safetensors").write_bytes(b"")))], 2,
+         ("{tmp}/checkpoint/model.safetensors is damaged or truncated",)),
+    Case("search neither queries nor clips", lambda w, t: ["search", str(w.index)], 2,
+         ("give one or more text queries, or --audio CLIP",)),
+    Case("search text and clip", lambda w, t: ["search", str(w.index), "rain", "--audio", str(w.clips / "low.wav")], 2,
+         ("not both",)),
+    Case("search clip missing", lambda w, t: ["search", str(w.index), "--audio", str(t / "no.wav")], 2,
+         ("audio file not found: {tmp}/no.wav",)),
+    Case("search clip a folder", lambda w, t: ["search", str(w.index), "--audio", str(t)], 2,
+         ("audio file {tmp} is not a file",)),
+    Case("search clip not audio", lambda w, t: ["search", str(w.index), "--audio", str(
+        _bad_audio_folder(w, t) / "notes.mp3")], 2, ("{tmp}/bad_audio/notes.mp3", "not an audio file")),
+    Case("search clip of NaN samples", lambda w, t: ["search", str(w.index), "--audio", str(
+        _bad_audio_folder(w, t) / "nan.wav")], 2, ("{tmp}/bad_audio/nan.wav", "no finite samples")),
     # ---- similar
     Case("similar top 0", lambda w, t: _similar(w, "--top", "0"), 2, ("--top", "not 0")),
     Case("similar symlink loop query", lambda w, t: _similar(w, query=_loop(t)), 2,
@@ -436,6 +475,40 @@ CASES = [
          ("{tmp}/c.catalogue is not a readable similarity catalogue",)),
     Case("similar skips unreadable files, ranks the rest", lambda w, t: _similar(
         w, "--json", catalog=_mixed_folder(w, t)), 0, also=lambda w, t, out: _ranked(out, 3)),
+    # ---- classify, rank-text, embed; --device and --checkpoint names everywhere
+    Case("tag unknown device", lambda w, t: ["tag", str(w.clips / "low.wav"), "--device", "gpu0"], 2,
+         ("unknown device 'gpu0'",)),
+    Case("similar unknown device", lambda w, t: _similar(w, "--device", "gpu0"), 2, ("unknown device 'gpu0'",)),
+    Case("build with a Hub id offline", lambda w, t: _build(w, t, checkpoint="someone/no-model"), 2,
+         ("no checkpoint folder someone/no-model here", "offline mode is set")),
+    Case("classify prompt without {}", lambda w, t: _classify(w, "--prompt", "music"), 2, ("one {{}}", "'music'")),
+    Case("classify one label", lambda w, t: ["classify", str(w.clips), "--checkpoint", str(w.run), "--labels", "hum"],
+         2, ("at least two classes",)),
+    Case("classify label twice", lambda w, t: _classify(w, "--labels", "hum,beep,hum"), 2, ("['hum']",)),
+    Case("classify labels file missing", lambda w, t: _classify(w, "--labels-file", str(t / "no.txt")), 2,
+         ("file not found: {tmp}/no.txt",)),
+    Case("classify missing audio", lambda w, t: _classify(w, audio=t / "no.wav"), 2,
+         ("no audio file or folder {tmp}/no.wav",)),
+    Case("classify unknown checkpoint", lambda w, t: _classify(w, checkpoint="nowhere"), 2,
+         ("no checkpoint found at nowhere",)),
+    Case("classify skips NaN and text clips, classifies the rest", lambda w, t: _classify(
+        w, audio=_bad_audio_folder(w, t)), 0, ("{tmp}/bad_audio/nan.wav", "{tmp}/bad_audio/notes.mp3"),
+         also=_prints("short.wav", "low.wav")),
+    Case("rank-text empty texts", lambda w, t: _rank_text(w, csv_file(t, "texts.txt", "\n  \n")), 2,
+         ("{tmp}/texts.txt holds no texts",)),
+    Case("rank-text top 0", lambda w, t: _rank_text(w, csv_file(t, "texts.txt", "a hum\n"), "--top", "0"), 2,
+         ("--top", "not 0")),
+    Case("rank-text texts not UTF-8", lambda w, t: _rank_text(w, csv_file(t, "texts.txt", "caf\xe9", "latin-1")), 2,
+         ("{tmp}/texts.txt is not UTF-8 text",)),
+    Case("embed audio and texts", lambda w, t: _embed(w, t, str(w.clips), "--text", str(csv_file(t, "x.txt", "a"))),
+         2, ("one of the two",)),
+    Case("embed nothing", lambda w, t: _embed(w, t), 2, ("one of the two",)),
+    Case("embed out not .npy", lambda w, t: _embed(w, t, str(w.clips), out=t / "e.parquet"), 2,
+         ("{tmp}/e.parquet", "must end in .npy")),
+    Case("embed out in a missing folder", lambda w, t: _embed(w, t, str(w.clips), out=t / "no" / "e.npy"), 2,
+         ("cannot write {tmp}/no/e.npy", "does not exist")),
+    Case("embed out in a read-only folder", lambda w, t: _embed(w, t, str(w.clips), out=t / "ro" / "e.npy"), 2,
+         ("cannot write {tmp}/ro/e.npy", "does not take new files"), locked="ro"),
     # ---- scripts/eval_map10.py
     Case("eval damaged checkpoint", lambda w, t: _eval(w, checkpoint_with(
         w, t, lambda d: (d / "model.safetensors").write_bytes(b"\0" * 10)), w.dataset), 2,
@@ -453,6 +526,10 @@ CASES = [
     Case("synth negative count", lambda w, t: _synth(t / "s", "--n-train", "-1"), 2, ("n_train", "-1")),
     Case("synth seconds nan", lambda w, t: _synth(t / "s", "--seconds", "nan"), 2, ("seconds=nan",)),
     Case("synth workers 0", lambda w, t: _synth(t / "s", "--workers", "0"), 2, ("workers", "0")),
+    # ---- scripts/bench.py
+    Case("bench efficientat repo missing", lambda w, t: ["bench", "--only", "embed", "--efficientat-repo",
+                                                         str(t / "nowhere")], 2,
+         ("--efficientat-repo {tmp}/nowhere is not a checkout of the original EfficientAT",)),
     # ---- scripts/train.py (a process: sacred prints tracebacks of what it catches)
     Case("train resume without a checkpoint", lambda w, t: ["train", "--resume", str(t)], 2,
          ("no checkpoint found at {tmp}",)),
@@ -502,6 +579,8 @@ def _run(argv: list[str], env: dict, capsys: pytest.CaptureFixture) -> tuple[int
     try:
         if surface in ("eval_map10", "make_synthmusic"):
             status = run_reporting_errors(lambda: _script(surface).main(argv[1:]))
+        elif surface == "bench":
+            status = run_reporting_errors(lambda: run_benchmarks(argv[1:]))
         else:
             status = cli_main(argv)
     except SystemExit as exc:  # argparse refusing an argument
@@ -517,6 +596,8 @@ def test_bad_input(case: Case, world: World, tmp_path: Path, capsys: pytest.Capt
     monkeypatch.setenv("HYBRID_RETRIEVAL_CACHE", str(tmp_path / "cache"))
     argv = case.argv(world, tmp_path)
     env = {key: value.format(tmp=tmp_path) for key, value in case.env.items()}
+    for key, value in env.items():  # for the surfaces run in this process
+        monkeypatch.setenv(key, value)
     if case.locked:
         (tmp_path / case.locked).mkdir()
         with read_only(tmp_path / case.locked):

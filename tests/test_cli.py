@@ -1,8 +1,11 @@
-"""`hybrid-retrieval tag`."""
+"""`hybrid-retrieval tag` and `--version`."""
 import json
 from pathlib import Path
 
 import numpy as np
+import pytest
+import tomllib
+import torch
 
 from hybrid_retrieval.cli import main
 
@@ -46,3 +49,24 @@ def test_tag_with_another_models_weights_is_one_line(weights_dir: Path, capsys) 
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(weights) in err and "does not fit EfficientAT mn10_as" in err
     assert "tensor 'features.0.0.weight'" in err
+
+
+def test_version(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_status:
+        main(["--version"])
+    assert exit_status.value.code == 0
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    version = tomllib.loads(pyproject.read_text())["project"]["version"]
+    assert capsys.readouterr().out == f"hybrid-retrieval {version}\n"
+
+
+def test_tag_on_a_named_device(shared: Path, capsys, offline_weights: Path) -> None:
+    """--device cpu gives what the default (auto, the CPU here) gives; on a GPU machine auto is CUDA."""
+    clip = str(shared / "audio" / "music.wav")
+    assert main(["tag", clip, "--json", "--device", "cpu"]) == 0
+    on_cpu = json.loads(capsys.readouterr().out)
+    assert main(["tag", clip, "--json"]) == 0
+    default = json.loads(capsys.readouterr().out)
+    tolerance = 1e-6 if not torch.cuda.is_available() else 1e-3  # GPU kernels round differently
+    assert [label for label, _ in on_cpu["top"]] == [label for label, _ in default["top"]]
+    assert np.abs(np.array(on_cpu["logits"]) - np.array(default["logits"])).max() <= tolerance

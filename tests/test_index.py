@@ -102,7 +102,7 @@ def test_search_refuses_a_different_checkpoint(trained_run: Path, fresh_clips: P
     other = _export(create_model("mn04_minilm", embed_dim=64).eval(), tmp_path / "other")
     assert main(["search", str(out), "a high whistle sounds", "--checkpoint", str(other)]) == 2
     err = capsys.readouterr().err
-    assert "built with checkpoint" in err and "projection/fusion weights" in err and "rebuild" in err
+    assert "built with checkpoint" in err and "query projection weights" in err and "rebuild" in err
     moved = load_index(out)
     moved.info["checkpoint"]["path"] = str(tmp_path / "gone")
     index_module.save_index(moved, out)

@@ -19,7 +19,6 @@ from hybrid_retrieval.errors import BadInputError
 from hybrid_retrieval.index import load_index
 from hybrid_retrieval.index import store as store_module
 from hybrid_retrieval.index.backends import exact as exact_module
-from hybrid_retrieval.index.backends.faiss_backend import FaissBackend
 from hybrid_retrieval.index.filters import ItemFilter, ItemRecord
 from hybrid_retrieval.tensorfile import mapped_tensors
 
@@ -312,4 +311,5 @@ def test_index_info_prints_the_ivfpq_setting(tmp_path: Path, capsys: pytest.Capt
     nprobe, rerank = index.info["search"]["value"]
     assert (f"approximate: {index.info['search']['factory']} with nprobe={nprobe}, re-ranking {rerank}k candidates: "
             f"recall@10 {index.info['search']['recall@10']:.3f}") in capsys.readouterr().out
-    assert index.info["search"]["factory"] == "IVF31,PQ4x4fs"  # sqrt(1200) cells, 8 dimensions a 4-bit code
+    # min(round(sqrt(1200)), 1200 // 39) cells (39 training vectors a cell at least), 8 dimensions a 4-bit code
+    assert index.info["search"]["factory"] == "IVF30,PQ4x4fs"

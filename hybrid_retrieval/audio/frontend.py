@@ -7,6 +7,7 @@ frequency/time masks are applied; in eval mode the transform is deterministic.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -111,6 +112,15 @@ class LogMelFrontend(nn.Module):
         fmax = self.fmax + cfg.fmax_aug_range // 2 - torch.randint(cfg.fmax_aug_range, ()).item()
         return kaldi_mel_banks(cfg.n_mels, cfg.n_fft, cfg.sample_rate, fmin, fmax).to(self.mel_banks.device)
 
+    def _mel(self, power: Tensor) -> Tensor:
+        """Mel energies of power spectra (batch, bins, frames): the mel banks as a sparse (CSR)
+        matrix, since each frequency bin falls in at most two triangles; a dense product would
+        multiply mostly zeros and costs about as much as the rest of the front end together."""
+        with warnings.catch_warnings():  # torch says once per process that CSR tensors are in beta
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
+            banks = self._banks().to_sparse_csr()
+        return torch.stack([torch.sparse.mm(banks, spectrum) for spectrum in power])
+
     def forward(self, waveform: Tensor) -> Tensor:
         if waveform.dim() == 1:
             waveform = waveform[None]
@@ -129,7 +139,7 @@ class LogMelFrontend(nn.Module):
         )
         power = stft.real.square() + stft.imag.square()
         with torch.autocast(device_type=waveform.device.type, enabled=False):
-            mel = torch.matmul(self._banks(), power)
+            mel = self._mel(power)
         logmel = torch.log(mel + 1e-5)
         if self.training:
             if cfg.freq_mask > 0:

@@ -55,6 +55,7 @@ class AudioInfo:
     sample_rate: int
     channels: int
     subtype: str
+    seekable: bool = True  # a pipe cannot seek: its windows are cut from the whole decoded file
 
     @property
     def duration(self) -> float:
@@ -129,7 +130,7 @@ def audio_info(path: str | Path) -> AudioInfo:
     cannot be opened as audio or is empty."""
     path = Path(path)
     with _open(path) as handle:
-        return AudioInfo(path, handle.frames, handle.samplerate, handle.channels, handle.subtype)
+        return AudioInfo(path, handle.frames, handle.samplerate, handle.channels, handle.subtype, handle.seekable())
 
 
 def _mono(data: np.ndarray) -> tuple[np.ndarray, bool]:
@@ -175,7 +176,7 @@ def _read_all(handle: sf.SoundFile, path: Path, sample_rate: int) -> np.ndarray:
         data = np.concatenate([np.zeros((0, handle.channels), dtype=np.float32), *_blocks(handle)])
     mono, finite = _mono(data)
     if not finite:
-        raise AudioLoadError(f"audio file has no finite samples (all NaN/inf): {path}")
+        raise no_finite_samples(path)
     return resample(mono, handle.samplerate, sample_rate)
 
 
@@ -239,6 +240,30 @@ def window_starts(length: int, window: int | None) -> list[int]:
     return starts
 
 
+def _pieces(handle: sf.SoundFile, path: Path, window: int | None, sample_rate: int,
+            numbers: range | None = None) -> Iterator[tuple[np.ndarray, bool]]:
+    """(window, whether any sample read was finite) of an open file, for the window numbers
+    `numbers` (default all) at `window_starts`. A file no longer than a window (or `window` None)
+    is one piece, read whole; one that cannot seek is decoded whole and cut (said once per file)."""
+    total = resampled_length(handle.frames, handle.samplerate, sample_rate)
+    if window is None or total <= window or not handle.seekable():
+        if window is not None and total > window:
+            _report_once(path, "unseekable", f"{path} cannot seek: decoding it whole to cut its windows")
+        wave = _read_all(handle, path, sample_rate)
+        starts = window_starts(len(wave), window)
+        for n in numbers if numbers is not None else range(len(starts)):
+            yield (wave[starts[n]:starts[n] + window] if window is not None else wave), True
+        return
+    starts = window_starts(total, window)
+    for n in numbers if numbers is not None else range(len(starts)):
+        yield _read_window(handle, path, starts[n], window, sample_rate)
+
+
+def no_finite_samples(path: str | Path) -> AudioLoadError:
+    """The error of a file whose samples are all NaN or infinite."""
+    return AudioLoadError(f"audio file has no finite samples (all NaN/inf): {path}")
+
+
 def audio_windows(path: str | Path, window: int | None, sample_rate: int = SAMPLE_RATE) -> Iterator[np.ndarray]:
     """The windows of `window` samples (at `sample_rate`) at `window_starts` over a file, read
     one at a time, so memory holds a window whatever the file's length. A file no longer than a
@@ -248,21 +273,24 @@ def audio_windows(path: str | Path, window: int | None, sample_rate: int = SAMPL
     """
     path = Path(path)
     with _open(path) as handle:
-        total = resampled_length(handle.frames, handle.samplerate, sample_rate)
-        if window is None or total <= window or not handle.seekable():
-            if window is not None and total > window:
-                _report_once(path, "unseekable", f"{path} cannot seek: decoding it whole to cut its windows")
-            wave = _read_all(handle, path, sample_rate)
-            for start in window_starts(len(wave), window):
-                yield wave[start:start + window] if window is not None else wave
-            return
         finite = False
-        for start in window_starts(total, window):
-            piece, has_finite = _read_window(handle, path, start, window, sample_rate)
+        for piece, has_finite in _pieces(handle, path, window, sample_rate):
             finite = finite or has_finite
             yield piece
         if not finite:
-            raise AudioLoadError(f"audio file has no finite samples (all NaN/inf): {path}")
+            raise no_finite_samples(path)
+
+
+def read_windows(path: str | Path, window: int | None, numbers: range | None = None,
+                 sample_rate: int = SAMPLE_RATE) -> tuple[list[np.ndarray], bool]:
+    """The pieces `numbers` (default all) of `audio_windows(path, window)`, equal to what it yields for them, and
+    whether any sample read was finite: a reader of a long file in parts (`audio.reader`) calls
+    it per part and refuses the file (`no_finite_samples`) when no part had a finite sample.
+    AudioLoadError naming the file when it cannot be opened, or a file read whole has none."""
+    path = Path(path)
+    with _open(path) as handle:
+        read = list(_pieces(handle, path, window, sample_rate, numbers))
+    return [piece for piece, _ in read], any(finite for _, finite in read)
 
 
 def check_audio(path: str | Path) -> AudioInfo:
@@ -272,13 +300,13 @@ def check_audio(path: str | Path) -> AudioInfo:
     AudioLoadError naming the file otherwise."""
     path = Path(path)
     with _open(path) as handle:
-        info = AudioInfo(path, handle.frames, handle.samplerate, handle.channels, handle.subtype)
+        info = AudioInfo(path, handle.frames, handle.samplerate, handle.channels, handle.subtype, handle.seekable())
         if handle.subtype in FLOAT_SUBTYPES:
             for block in _blocks(handle):
                 if _mono(block)[1]:
                     break
             else:
-                raise AudioLoadError(f"audio file has no finite samples (all NaN/inf): {path}")
+                raise no_finite_samples(path)
     return info
 
 

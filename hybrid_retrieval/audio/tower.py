@@ -4,13 +4,17 @@
 Clips of different lengths are embedded by `embed_waveforms`, which runs equal-length clips
 together (zero-padding a CNN's input would change the clip's own embedding), and long clips
 can be cut into windows whose embeddings are averaged; `embed_windows` takes the windows as a
-stream, so a long recording can be read and embedded window by window.
+stream, so a long recording can be read and embedded window by window. Embedding runs on the
+tower's inference runner (`AudioTower.inference_runner`): an eval-mode copy with its batch norms
+folded, whose backbone runs in OpenVINO or ONNX Runtime on a CPU (`audio/runtime.py`), kept
+until the weights change.
 """
 from __future__ import annotations
 
 import copy
 import functools
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Sequence
 from importlib import resources
 
 import numpy as np
@@ -20,6 +24,13 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from hybrid_retrieval.audio.frontend import FrontendConfig, LogMelFrontend
 from hybrid_retrieval.audio.io import window_starts
+from hybrid_retrieval.audio.runtime import (
+    RuntimeBackbone,
+    RuntimeTower,
+    exported_backbone,
+    resolve_runtime,
+    runtime_setting,
+)
 from hybrid_retrieval.errors import BadInputError
 from hybrid_retrieval.fingerprint import module_state_hash
 from hybrid_retrieval.lazy import import_object
@@ -30,6 +41,8 @@ from hybrid_retrieval.outputs import TowerOutput
 CPU_FORWARD_SAMPLES = 4 * 10 * 32_000
 # The clip length of AudioSet, which the audio families' released weights were trained on.
 AUDIOSET_CLIP_SECONDS = 10.0
+# What embeds waveforms (batch, samples) of one length: an inference copy or a RuntimeTower.
+Runner = Callable[[Tensor], TowerOutput]
 
 
 @functools.cache
@@ -45,11 +58,14 @@ class AudioTower(nn.Module):
 
     `default_window_seconds`: the window length `tag` and `index build` cut longer files into
     (each window read and embedded in turn, so memory does not grow with the file), by default
-    the clip length the weights were trained on.
+    the clip length the weights were trained on. `runtime`: what runs the backbone when embedding
+    ("auto", "eager", "onnx", "openvino"; None: $HYBRID_RETRIEVAL_RUNTIME, else "auto"; see
+    `audio/runtime.py`); it can be changed later (`tower.runtime = "eager"`).
     """
 
     def __init__(self, spec: str, backbone: nn.Module, frontend: LogMelFrontend | None = None,
-                 pretrained: bool = False, default_window_seconds: float = AUDIOSET_CLIP_SECONDS) -> None:
+                 pretrained: bool = False, default_window_seconds: float = AUDIOSET_CLIP_SECONDS,
+                 runtime: str | None = None) -> None:
         super().__init__()
         self.spec = spec
         self.pretrained = pretrained  # holds pretrained weights (not a random initialisation)
@@ -57,6 +73,16 @@ class AudioTower(nn.Module):
         self.frontend = frontend or LogMelFrontend()
         self.backbone = backbone
         self.embed_dim: int = backbone.embed_dim
+        self.runtime = runtime
+        self._inference = _RunnerCache()
+
+    @property
+    def runtime(self) -> str:
+        return self._runtime
+
+    @runtime.setter
+    def runtime(self, value: str | None) -> None:
+        self._runtime = runtime_setting(value)
 
     @property
     def sample_rate(self) -> int:
@@ -72,16 +98,49 @@ class AudioTower(nn.Module):
                 "audio_state": module_state_hash(self)}
 
     def inference_copy(self) -> AudioTower:
-        """An eval-mode copy of this tower for embedding: every batch norm that follows a
+        """A new eval-mode copy of this tower for embedding: every batch norm that follows a
         convolution folded into it (torch's fuse_conv_bn_eval), and the weights in channels-last
         layout, the fast path of oneDNN (CPU) and cuDNN convolutions, which carries through the
         network. Outputs equal the eval-mode tower's up to float rounding; what each choice gives
-        is measured in BENCHMARKS.md. Made afresh per call, so it always has the current weights
-        and leaves the tower itself (and its mode) untouched.
+        is measured in BENCHMARKS.md. The tower itself (and its mode) is left untouched.
         """
         runner = copy.deepcopy(self).eval()
         _fold_batch_norms(runner)
         return runner.to(memory_format=torch.channels_last)
+
+    def inference_runner(self) -> Runner:
+        """What `embed_waveforms` runs: an inference copy (`inference_copy`), its backbone in the
+        runtime the `runtime` setting resolves to (`audio/runtime.py`; EfficientAT backbones on
+        a CPU, torch otherwise). One is kept, with a copy of the weights, and rebuilt only when
+        the weights change or when the runtime setting or torch's thread count does. A change of
+        weights is told without reading them: each parameter's and buffer's storage address
+        (`.to(device)`, a new tensor) and version counter (bumped by in-place updates: optimizer
+        steps, `load_state_dict`); writes through `.data`, which bypass the version counter, are
+        not seen. The storages the runner was built from are held until it is rebuilt, so a
+        new tensor cannot take one's address unnoticed. Outputs equal a fresh inference copy's
+        to 1e-4 (tested).
+        """
+        tensors = [*self.parameters(), *self.buffers()]
+        key = (tuple((t.data_ptr(), _version(t)) for t in tensors), self.runtime, torch.get_num_threads())
+        cache = self._inference
+        with cache.lock:
+            if cache.key != key:
+                cache.key = cache.runner = None  # the old copy goes before the new one is made
+                cache.runner = self._build_runner()
+                cache.key, cache.storages = key, [t.untyped_storage() for t in tensors]
+            return cache.runner
+
+    @torch.inference_mode(False)  # a copy made inside inference mode would hold inference tensors
+    def _build_runner(self) -> Runner:
+        runner = self.inference_copy()
+        family = self.spec.partition(":")[0]
+        runtime = resolve_runtime(self.runtime, next(self.parameters()).device)
+        if family not in RUNTIME_FAMILIES or runtime == "eager":
+            return runner
+        path = exported_backbone(self.spec, runner.backbone, self.backbone, self.frontend.config.n_mels)
+        if path is None:
+            return runner
+        return RuntimeTower(runner.frontend, RuntimeBackbone(path, runtime, torch.get_num_threads()))
 
     @property
     def min_samples(self) -> int:
@@ -94,7 +153,7 @@ class AudioTower(nn.Module):
     @torch.inference_mode()
     def embed_waveforms(self, waveforms: Sequence[np.ndarray | Tensor], batch_size: int = 32,
                         window_seconds: float | None = None, *, max_forward_samples: int | None = None,
-                        runner: nn.Module | None = None) -> list[TowerOutput]:
+                        runner: Runner | None = None) -> list[TowerOutput]:
         """Embed clips of any lengths in eval mode; one single-example TowerOutput per clip.
 
         Clips are grouped by exact length and run `batch_size` at a time, so a clip's embedding
@@ -103,7 +162,7 @@ class AudioTower(nn.Module):
         concatenated, the embedding and logits averaged. Clips shorter than `min_samples` are
         padded to it. A forward pass holds at most `max_forward_samples` of audio whatever
         `batch_size` (default: CPU_FORWARD_SAMPLES on a CPU, no cap on a GPU). The forward passes
-        run on `runner` (default: `inference_copy()`).
+        run on `runner` (default: `inference_runner()`).
         """
         window = self.window_samples(window_seconds)
         pieces = ((i, wave[start:start + window] if window else wave)
@@ -122,7 +181,7 @@ class AudioTower(nn.Module):
     @torch.inference_mode()
     def embed_windows(self, pieces: Iterable[tuple[int, np.ndarray | Tensor]], n_clips: int, batch_size: int = 32,
                       *, max_forward_samples: int | None = None,
-                      runner: nn.Module | None = None) -> list[list[TowerOutput]]:
+                      runner: Runner | None = None) -> list[list[TowerOutput]]:
         """The outputs of each clip's pieces (windows), in order, from a stream of (clip index,
         waveform piece). Pieces of one length are batched as they arrive and a batch runs as soon
         as it is full, so memory holds at most one pending batch per piece length besides the
@@ -130,7 +189,7 @@ class AudioTower(nn.Module):
         the consecutive `batch_size` (or capped) runs of each length, as `embed_waveforms`
         describes. A clip without pieces gets an empty list.
         """
-        runner = runner if runner is not None else self.inference_copy()
+        runner = runner if runner is not None else self.inference_runner()
         device = next(self.parameters()).device
         if max_forward_samples is None and device.type == "cpu":
             max_forward_samples = CPU_FORWARD_SAMPLES
@@ -166,6 +225,31 @@ class AudioTower(nn.Module):
         return self.frontend.pad_to_minimum(wave)
 
 
+def _version(tensor: Tensor) -> int:
+    """A tensor's version counter (-1 for an inference tensor, which keeps none)."""
+    return -1 if tensor.is_inference() else tensor._version
+
+
+class _RunnerCache:
+    """An AudioTower's kept inference runner and the key it was built for. Not a submodule (no
+    state-dict entries); a deep copy or an unpickled tower starts with an empty one."""
+
+    def __init__(self) -> None:
+        self.key: tuple | None = None
+        self.runner: Runner | None = None
+        self.storages: list = []
+        self.lock = threading.Lock()
+
+    def __deepcopy__(self, memo: dict) -> _RunnerCache:
+        return _RunnerCache()
+
+    def __getstate__(self) -> dict:
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()
+
+
 def _fold_batch_norms(module: nn.Module) -> None:
     """Fold each BatchNorm2d that directly follows a Conv2d in an nn.Sequential (EfficientAT's
     conv-BN-activation blocks) into that convolution, in place; eval mode only. Other layouts
@@ -198,16 +282,21 @@ AUDIO_FAMILIES = {
     "efficientat": "hybrid_retrieval.audio.efficientat:build_efficientat",
     "timm": "hybrid_retrieval.audio.timm_towers:build_timm",
 }
+# Families whose backbones the inference runtimes run (their export and parity are tested);
+# the others always run in torch.
+RUNTIME_FAMILIES = {"efficientat"}
 
 
 def create_audio_tower(spec: str = "efficientat:mn04_as", pretrained: bool = True,
-                       weights: str | None = None, frontend: FrontendConfig | None = None) -> AudioTower:
+                       weights: str | None = None, frontend: FrontendConfig | None = None,
+                       runtime: str | None = None) -> AudioTower:
     """Build an audio tower from a spec `family:name` (a bare `mn10_as` means `efficientat:mn10_as`).
 
     efficientat:<mn04_as|...|mn40_as_ext>: the EfficientAT MobileNetV3; with `pretrained`, the
         released AudioSet weights are resolved (explicit `weights` path, $HYBRID_RETRIEVAL_WEIGHTS_DIR,
         cache, download) and loaded strictly.
     timm:<resnet50|ast|any timm model>: a timm backbone, pretrained where online.
+    runtime: what runs the backbone when embedding (AudioTower's `runtime`).
     """
     family, _, name = spec.partition(":")
     if not name:
@@ -216,4 +305,4 @@ def create_audio_tower(spec: str = "efficientat:mn04_as", pretrained: bool = Tru
         raise BadInputError(f"unknown audio encoder family {family!r} in audio_encoder={spec!r}; "
                             f"known: {sorted(AUDIO_FAMILIES)} (e.g. efficientat:mn04_as, timm:resnet50)")
     backbone, loaded = import_object(AUDIO_FAMILIES[family])(name, pretrained=pretrained, weights=weights)
-    return AudioTower(f"{family}:{name}", backbone, LogMelFrontend(frontend), pretrained=loaded)
+    return AudioTower(f"{family}:{name}", backbone, LogMelFrontend(frontend), pretrained=loaded, runtime=runtime)

@@ -9,13 +9,15 @@ keywords, closed_tags, description) can replace the metadata of the items it nam
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 from hybrid_retrieval.audio.io import usable_audio
 from hybrid_retrieval.data.clotho import read_metadata_csv
 from hybrid_retrieval.data.items import CatalogueItem
 from hybrid_retrieval.data.registry import DATASETS, load_split
-from hybrid_retrieval.errors import BadInputError
+from hybrid_retrieval.errors import BadInputError, NotFoundError
+from hybrid_retrieval.terminal import printable
 
 log = logging.getLogger("hybrid_retrieval")
 
@@ -60,3 +62,26 @@ def usable_items(items: list[CatalogueItem], what: str) -> list[CatalogueItem]:
     set is loaded, not when a batch reaches it."""
     usable = usable_audio([item.audio_path for item in items], what)
     return [item for item, ok in zip(items, usable) if ok]
+
+
+def audio_inputs(inputs: Sequence[str | Path]) -> list[CatalogueItem]:
+    """The items of the audio files and folders named on a command line (`classify`, `rank-text`,
+    `embed`): a folder's audio files (recursively) with ids relative to it when it is the only
+    input, as `index build` names them, else under the folder's name as given; a file under its
+    name as given. A name that is neither a file nor a folder is one NotFoundError; files that
+    cannot be used as audio are skipped with one warning each (`usable_items`), and none left is
+    one BadInputError."""
+    items = []
+    for given in inputs:
+        path = Path(given)
+        if path.is_dir():
+            items += [CatalogueItem((p.relative_to(path) if len(inputs) == 1 else p).as_posix(), p)
+                      for p in audio_files(path)]
+        elif path.exists():
+            items.append(CatalogueItem(str(given), path))
+        else:
+            raise NotFoundError(f"no audio file or folder {printable(given)}")
+    usable = usable_items(items, f"files of {', '.join(printable(given) for given in inputs)}")
+    if not usable:
+        raise BadInputError(f"no usable audio files in {', '.join(printable(given) for given in inputs)}")
+    return usable

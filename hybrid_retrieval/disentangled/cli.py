@@ -34,6 +34,9 @@ def add_similar_command(sub: argparse._SubParsersAction) -> None:
     similar.add_argument("--cache-dir", default=None, help="feature cache of the audio tower's outputs")
     similar.add_argument("--weights", default=None, help="explicit path of the audio tower's weights")
     similar.add_argument("--json", action="store_true", help="print one JSON object")
+    similar.add_argument("--device", default="auto",
+                         help="where the audio tower runs: auto | cpu | cuda (default auto; the small "
+                              "similarity head runs on the CPU)")
     similar.set_defaults(func=_similar)
 
 
@@ -47,7 +50,7 @@ def _similar(args: argparse.Namespace) -> int:
     if args.cache_dir:
         check_writable(args.cache_dir, directory=True)
     search = SimilaritySearch.from_checkpoint(args.checkpoint, args.catalog, args.cache_dir, args.weights,
-                                              progress=not args.json)
+                                              progress=not args.json, device=args.device)
     matches = search.query(args.query, args.condition, args.top)
     if args.json:
         print(json.dumps({"query": args.query, "condition": args.condition, "checkpoint": str(search.checkpoint),

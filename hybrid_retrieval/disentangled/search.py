@@ -19,8 +19,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from hybrid_retrieval.devices import resolve_device
 from hybrid_retrieval.disentangled.checkpoint import find_model, load_model, model_fingerprint
-from hybrid_retrieval.disentangled.features import FeatureSource, segment_frames
+from hybrid_retrieval.disentangled.features import FeatureSource, TowerTokens, segment_frames
 from hybrid_retrieval.disentangled.model import ALL, ConditionalSimilarityNet, embed_tracks
 from hybrid_retrieval.errors import BadInputError, IncompatibleModelError
 from hybrid_retrieval.tensorfile import check_rows, json_tensor, load_tensor_file, save_tensor_file, tensor_json
@@ -81,11 +82,15 @@ class SimilaritySearch:
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path | None = None, catalog: str | Path | None = None,
                         cache_dir: str | Path | None = None, weights: str | None = None,
-                        progress: bool = False) -> SimilaritySearch:
+                        progress: bool = False, device: str = "cpu") -> SimilaritySearch:
         """Load a saved model (None: the default, see checkpoint.default_checkpoint) and, if given,
         a catalogue: a folder to embed or a saved catalogue file. cache_dir: feature cache of the
-        tower's outputs (reused when a folder is embedded again)."""
+        tower's outputs (reused when a folder is embedded again); device: where the audio tower
+        of a tower-token model runs (the similarity head is small and stays on the CPU)."""
         model, source, _config = load_model(checkpoint, weights, window_seconds=WINDOW_SECONDS)
+        device = resolve_device(device)
+        if isinstance(source, TowerTokens):
+            source.tower.to(device)
         search = cls(model, source, cache_dir)
         search.checkpoint = find_model(checkpoint).resolve()
         if catalog is not None:

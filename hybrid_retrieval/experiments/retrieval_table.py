@@ -1,6 +1,7 @@
 """The hybrid-retrieval comparison table (Primus & Widmer, EUSIPCO 2024) on one dataset.
 
-Rows: random, metadata-only (the keyword baseline: queries against OS metadata alone),
+Rows: random, training-free (the `audioset_tags` model: the pretrained towers alone, see
+`fusion/audioset_tags.py`), metadata-only (the keyword baseline: queries against OS metadata alone),
 content-only, late and mid fusion with CS, OS, FS and CS+OS metadata, and the best hybrid row
 again with a separate metadata encoder (the best row where that choice changes the model: with
 frozen towers, only the fusions that reuse the query text projection). Each row is a named config
@@ -43,7 +44,8 @@ ROWS = [
       for fusion in ("late", "mid")
       for label, name in (("CS", "cs"), ("OS", "os"), ("FS", "fs"), ("CS+OS", "cs_os"))],
 ]
-ROW_NAMES = [names[0] for _, names in ROWS]
+TRAINING_FREE_ROW = ("training-free (AudioSet tags)", "audioset_tags")  # (label, model name): no training
+ROW_NAMES = [TRAINING_FREE_ROW[1]] + [names[0] for _, names in ROWS]
 
 
 def row_metadata_kinds(names: list[str]) -> str:
@@ -58,6 +60,26 @@ def run_row(dataset: str, names: list[str], seed: int, overrides: dict, run_dir:
     model, _ = load_checkpoint(result["checkpoint"])
     cache = train_config.cache_dir if model.cache_is_valid else None
     return evaluate(model, eval_items, cache, progress=False)["text_to_audio"]
+
+
+def training_free_row(name: str, eval_items: list[CatalogueItem], cache_dir: str | None) -> dict:
+    """Text -> audio metrics of a training-free model (`models.TRAINING_FREE`) on `eval_items`."""
+    from hybrid_retrieval.models import load_retrieval_model
+
+    model, _ = load_retrieval_model(name)
+    return evaluate(model, eval_items, cache_dir, progress=False)["text_to_audio"]
+
+
+def best_hybrid_run(table_json: str | Path) -> tuple[str, Path]:
+    """(label, run folder of seed 0) of the hybrid row (late or mid fusion) with the best mean
+    mAP@10 in a `table.json` that `write_table` wrote."""
+    rows = json.loads(Path(table_json).read_text())["rows"]
+    hybrids = {label: row for label, row in rows.items()
+               if "per_seed" in row and "runs" in row and row["configs"][0].startswith(("late", "mid"))}
+    if not hybrids:
+        raise BadInputError(f"{table_json} has no hybrid row with its runs folder (run scripts/benchmark.py)")
+    label = max(hybrids, key=lambda name: statistics.mean(m["mAP@10"] for m in hybrids[name]["per_seed"]))
+    return label, Path(hybrids[label]["runs"]) / "seed0"
 
 
 def summarise(per_seed: list[dict]) -> dict:
@@ -113,6 +135,14 @@ def run_table(dataset: str, root: str | None = None, seeds: int = 1, epochs: int
                                                         for s in seed_list]}}
     print(f"{dataset}: {len(eval_items)} evaluation clips, {len(owners)} caption queries; "
           f"metadata kinds present: {sorted(available) or 'none'}")
+    if rows is None or TRAINING_FREE_ROW[1] in rows:
+        label, name = TRAINING_FREE_ROW
+        started = time.perf_counter()
+        metrics = training_free_row(name, eval_items, split_config(settings)[1].cache_dir)
+        results[label] = {"configs": [name], "per_seed": [metrics] * len(seed_list),
+                          "seconds": round(time.perf_counter() - started, 1)}
+        print(f"{label:32s} mAP@10 {metrics['mAP@10']:.4f}  ({results[label]['seconds']:.0f} s; no training: "
+              f"the same for every seed)", flush=True)
 
     def run(label: str, names: list[str], extra: dict | None = None) -> None:
         missing = [k for k in row_metadata_kinds(names).split("+") if k and k not in available]
@@ -125,7 +155,7 @@ def run_table(dataset: str, root: str | None = None, seeds: int = 1, epochs: int
         per_seed = [run_row(dataset, names, s, {**overrides, **(extra or {})}, folder / f"seed{s}", eval_items)
                     for s in seed_list]
         results[label] = {"configs": names + (["separate_encoder"] if extra else []), "per_seed": per_seed,
-                          "seconds": round(time.perf_counter() - started, 1)}
+                          "seconds": round(time.perf_counter() - started, 1), "runs": str(folder)}
         print(f"{label:32s} mAP@10 {statistics.mean(m['mAP@10'] for m in per_seed):.4f}  "
               f"({results[label]['seconds']:.0f} s)", flush=True)
 

@@ -1,20 +1,24 @@
-"""Speed and scale benchmarks: audio embedding, search, training steps, and the memory of each.
+"""Speed and scale benchmarks: audio and text embedding, search, training steps, long files, files
+to index, cold text search, and the memory of each.
 
-    python scripts/bench.py                                   # all three on this machine's CPU
+    python scripts/bench.py                                   # all of them on this machine's CPU
+    python scripts/bench.py --only embed,text --efficientat-repo DIR   # beside the original EfficientAT
     python scripts/bench.py --only search --sizes 10000,100000
-    python scripts/bench.py --device cuda                     # on a GPU: adds bf16 and torch.compile rows
+    python scripts/bench.py --only catalogue,coldstart        # files to index vs the tower; cold search
+    python scripts/bench.py --only load --load-minutes 1,10,60,120   # crops and embedding of long files
+    python scripts/bench.py --device cuda                     # on a GPU: adds a torch.compile row
 
 (`scripts/bench.py` calls `run_benchmarks` here.) Every measurement runs in its own subprocess
 (`python -m hybrid_retrieval.experiments.speed --worker KIND JSON`), so its peak memory is that process's maximum
 resident set size (getrusage ru_maxrss; on CUDA also torch.cuda.max_memory_allocated), with
 the resident size after its setup beside it. Throughputs are compared as ratios within one run:
-the embedding variants are interleaved over `--rounds` rounds and each ratio is the median of
-the per-round ratios, so load from other processes on a shared machine hits both sides alike.
-Results go to stdout and to --out (JSON and Markdown); every row names the device it ran on.
+the embedding variants run in one process, interleaved over `--rounds` rounds, and each ratio is
+the median of the per-round ratios, so load from other processes on a shared machine hits both
+sides alike. Results go to stdout and to --out (JSON and Markdown); every row names the device.
 
-1. embed: 10-s clips/s of the EfficientAT tower, fp32: the project's `embed_waveforms` at batch
-   1 and 32 against a reference loop (one clip at a time, eval mode, no no_grad/inference_mode,
-   front end + backbone per clip), plus variants that say what each inference choice gives.
+1. embed, text: clips/s of the EfficientAT tower (`embed_waveforms` with each runtime, one clip
+   and 32 clips per call) against the original EfficientAT inference loop and a plain loop over
+   the tower; captions/s of the text tower against sentence-transformers (`embed_speed`).
 2. search: queries/s for top-10 over n random unit vectors (d = the model's embedding size):
    exact torch (matmul + top-k), exact FAISS (its IndexFlatIP kernel), and the approximate
    IVF index tuned to recall@10 >= 0.95, with its build time and recall measured on held-out
@@ -23,16 +27,33 @@ Results go to stdout and to --out (JSON and Markdown); every row names the devic
    measured for IVF too.
 3. train: seconds per optimizer step on SynthMusic, frozen towers on cached features against full
    fine-tuning of both towers, with the one-off feature caching time of the frozen mode.
-4. scale (only when asked: `--only scale`): a 10M-item catalogue of structured vectors as a
-   float16 store on disk (written under --scale-dir, deleted afterwards) searched through an
-   IVF-PQ index with exact re-ranking from the memory-mapped store: build time, recall@10 against
-   exact search and single-query rate over a grid of nprobe and re-ranking depths, the memory of
-   the searching process, and the time to add and remove items against the rebuild.
+4. load: long recordings (generated 44.1-kHz 16-bit noise WAVs of `--load-minutes`, written under
+   `--scratch` and deleted afterwards). Seconds and peak memory of one random 10-s crop, the whole
+   file decoded and sliced against the windowed read training crops use (`random_crop`), side by
+   side per length; and embedding a whole file as `tag` and `index build` do (`embed_audio_files`):
+   window by window (the default, 10-s windows) against one forward pass over the whole file.
+5. catalogue: files/s from audio files to a saved index (`build_index` with a feature cache, then
+   `save_index`: catalogue scan, decoding, resampling, tower, heads, cache and index writes) on
+   generated clips of mixed lengths, rates and formats, with the audio read by 0, 1 and 2 worker
+   processes, beside the tower alone on the same clips decoded beforehand (`embed_windows` on the
+   same pieces). Each variant runs once to warm up (oneDNN builds kernels per input shape) and is
+   then timed; the ratios are medians of per-round ratios.
+6. coldstart: seconds of a text `hybrid-retrieval search` in a new process (median of `--cold-runs`),
+   with the cached ONNX query encoder, on a first search (no cached encoder: the text tower is
+   built and its export written), and for an index without a query identity (the whole model
+   loaded and its weights hashed, as every search did before); and each split into import
+   (the modules of the command), load (index, checkpoint check, query encoder) and query.
+7. scale (only when asked: `--only scale`; `scale_bench`): a 10M-item catalogue of structured
+   vectors as a float16 store on disk (written under --scale-dir, deleted afterwards) searched
+   through an IVF-PQ index with exact re-ranking from the memory-mapped store: build time,
+   recall@10 against exact search and single-query rate over a grid of nprobe and re-ranking
+   depths, the memory of each step, and the time to add and remove items against the rebuild.
 """
 from __future__ import annotations
 
 import argparse
-import copy
+import contextlib
+import importlib
 import json
 import os
 import platform
@@ -46,28 +67,18 @@ from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from hybrid_retrieval.audio.io import SAMPLE_RATE
+from hybrid_retrieval.lazy import import_object
 from hybrid_retrieval.report import markdown_table
+from hybrid_retrieval.terminal import at_least_one
 
 CLIP_SECONDS = 10.0
-EMBED_VARIANTS = ("reference", "batch1", "batch32", "batch32-plain", "batch32-one-forward")
-EMBED_LABELS = {
-    "reference": "reference loop (per clip, autograd on)",
-    "batch1": "embed_waveforms, batch 1",
-    "batch32": "embed_waveforms, batch 32",
-    "batch32-plain": "  without folded batch norms and channels-last (plain eval copy)",
-    "batch32-one-forward": "  without the CPU cap: all 32 in one forward",
-    "batch32-compile": "  plus torch.compile of the tower's forward (not adopted)",
-    "batch32-bf16": "  plus bf16 autocast",
-}
-
 
 # -- measurements (each runs in a subprocess: `bench.py --worker KIND JSON`) -------------------------------
 
-def _rss_mb() -> float:
+def rss_mb() -> float:
     """Resident set size now (Linux /proc; elsewhere the peak so far)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -102,45 +113,7 @@ def _rate(fn, units: int, device: str, min_seconds: float = 4.0, max_calls: int 
     return calls * units / (time.perf_counter() - start)
 
 
-def measure_embed(variant: str, device: str, model: str) -> dict:
-    from hybrid_retrieval.audio.tower import create_audio_tower
-
-    tower = create_audio_tower(f"efficientat:{model}", pretrained=False).to(device).eval()  # speed only
-    generator = torch.Generator().manual_seed(0)
-    clips = [torch.randn(int(CLIP_SECONDS * SAMPLE_RATE), generator=generator) * 0.1 for _ in range(32)]
-    result = {}
-    options: dict = {}  # embed_waveforms' keyword arguments of the variant
-    if variant == "batch32-one-forward":
-        options["max_forward_samples"] = sys.maxsize
-    elif variant == "batch32-plain":
-        options["runner"] = copy.deepcopy(tower).eval()
-    elif variant == "batch32-compile":  # one compiled inference copy, reused (the weights do not change here)
-        runner = tower.inference_copy()
-        runner.forward = torch.compile(runner.forward)
-        options["runner"] = runner
-        started = time.perf_counter()
-        tower.embed_waveforms(clips, batch_size=32, **options)
-        result["compile_s"] = round(time.perf_counter() - started, 1)
-    setup_rss = _rss_mb()
-
-    if variant == "reference":
-        def run() -> None:
-            for wave in clips[:4]:
-                tower.backbone(tower.frontend(wave[None].to(device)))
-        rate = _rate(run, 4, device)
-    elif variant == "batch1":
-        rate = _rate(lambda: tower.embed_waveforms(clips[:8], batch_size=1), 8, device)
-    elif variant == "batch32-bf16":
-        def run() -> None:
-            with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
-                tower.embed_waveforms(clips, batch_size=32)
-        rate = _rate(run, 32, device)
-    else:
-        rate = _rate(lambda: tower.embed_waveforms(clips, batch_size=32, **options), 32, device)
-    return {**result, "clips_per_s": rate, "setup_rss_mb": setup_rss}
-
-
-def _unit_vector_chunks(n: int, dim: int, seed: int, structured: bool) -> Iterator[torch.Tensor]:
+def unit_vector_chunks(n: int, dim: int, seed: int, structured: bool) -> Iterator[torch.Tensor]:
     """`_unit_vectors` in chunks of up to 65,536 rows, so that a store larger than memory can be
     written chunk by chunk (the same vectors as `_unit_vectors`)."""
     generator = torch.Generator().manual_seed(seed)
@@ -159,7 +132,7 @@ def _unit_vectors(n: int, dim: int, seed: int, structured: bool) -> torch.Tensor
     of 0.3 of a code's length), so that neighbourhoods are continuous and cross the IVF cells, as
     learned embeddings' do; uniform random vectors (IVF's worst case) otherwise."""
     out = torch.empty(n, dim)
-    for start, chunk in zip(range(0, n, 1 << 16), _unit_vector_chunks(n, dim, seed, structured)):
+    for start, chunk in zip(range(0, n, 1 << 16), unit_vector_chunks(n, dim, seed, structured)):
         out[start:start + len(chunk)] = chunk
     return out
 
@@ -195,98 +168,12 @@ def measure_search(backend: str, n: int, dim: int, device: str, structured: bool
 
         def search(q: torch.Tensor) -> None:
             exact_search(items, q, 10)
-    setup_rss = _rss_mb()
+    setup_rss = rss_mb()
     place = device if backend == "torch" else "cpu"
     singles = iter(range(400, 1200))
     result["qps_1"] = _rate(lambda: search(queries[next(singles)][None]), 1, place, max_calls=200)
     result["qps_64"] = _rate(lambda: search(queries[400:464]), 64, place, max_calls=20)
     return {**result, "setup_rss_mb": setup_rss}
-
-
-def _rss_parts() -> dict:
-    """Resident memory now, anonymous (the process's own) and file-backed (mapped pages of the
-    store it has touched, which the kernel may drop), in MB (Linux /proc)."""
-    parts = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("RssAnon", "RssFile"):
-            parts[key] = int(value.split()[0]) / 1024
-    return parts
-
-
-def _scale_store(root: Path) -> torch.Tensor:
-    return torch.from_numpy(np.load(root / "store.f16.npy", mmap_mode="c"))
-
-
-def measure_scale(step: str, root: str, n: int, added: int, dim: int, tune: int, held_out: int,
-                  device: str) -> dict:
-    """One step of the scale benchmark over the files in `root` (see `bench_scale`):
-    data (write n + added structured vectors as a float16 store, and the queries), truth (exact
-    top-10 of the held-out queries over the first n, in chunks), build (an IVF-PQ backend over the
-    first n, tuned on `tune` queries, saved, and the time of the tuning's exact search, which is
-    also what re-measuring the recall after an update costs), search (load it with the store
-    mapped: recall and single-query rate over a grid of settings), update (add the `added` rows to
-    the trained index, then remove as many)."""
-    from hybrid_retrieval.index.backends.base import RecallProbe, recall_at_k
-    from hybrid_retrieval.index.backends.exact import exact_search
-    from hybrid_retrieval.index.backends.faiss_backend import FaissBackend
-
-    folder, result = Path(root), {}
-    started = time.perf_counter()
-    if step == "data":
-        store = np.lib.format.open_memmap(folder / "store.f16.npy", "w+", np.float16, (n + added, dim))
-        for first, chunk in zip(range(0, n + added, 1 << 16), _unit_vector_chunks(n + added, dim, 0, True)):
-            store[first:first + len(chunk)] = chunk.half().numpy()
-        store.flush()
-        np.save(folder / "queries.npy", _unit_vectors(tune + held_out, dim, 1, True).numpy())
-        result["store_gb"] = round((folder / "store.f16.npy").stat().st_size / 1e9, 2)
-    queries = torch.from_numpy(np.load(folder / "queries.npy"))
-    if step == "truth":
-        np.save(folder / "truth.npy", exact_search(_scale_store(folder)[:n], queries[tune:], 10)[1].numpy())
-    if step == "build":
-        backend = FaissBackend()
-        backend.build(_scale_store(folder)[:n], kind="ivfpq", queries=queries[:tune], progress=False)
-        result["build_s"] = round(time.perf_counter() - started, 1)
-        probe_started = time.perf_counter()  # the share of the build that was the tuning's exact search
-        RecallProbe.make(_scale_store(folder)[:n], queries[:tune])
-        result["tuning_truth_s"] = round(time.perf_counter() - probe_started, 1)
-        settings, tensors = backend.save()
-        tensors["faiss"].numpy().tofile(folder / "ivfpq.faiss")
-        (folder / "settings.json").write_text(json.dumps(settings))
-        result.update(settings=settings, index_mb=round((folder / "ivfpq.faiss").stat().st_size / 1e6))
-    if step in ("search", "update"):
-        settings = json.loads((folder / "settings.json").read_text())
-        blob = torch.from_numpy(np.fromfile(folder / "ivfpq.faiss", dtype=np.uint8))
-        backend = FaissBackend.load(settings, {"faiss": blob, "faiss_rows": torch.arange(n)}, _scale_store(folder)[:n])
-        del blob
-        result["load_s"] = round(time.perf_counter() - started, 1)
-        result["rss_after_load_mb"] = _rss_mb()
-    if step == "search":
-        truth = torch.from_numpy(np.load(folder / "truth.npy"))
-        held = queries[tune:]
-        chosen, curve = list(settings["value"]), []
-        for nprobe in (8, 16, 32, 64, 128):
-            for rerank in (2, 5, 10, 20, 50, 100):
-                backend.use_setting([nprobe, rerank])
-                recall = recall_at_k(backend.search(held, 10)[1], truth)
-                singles = iter(range(len(held)))
-                rate = _rate(lambda: backend.search(held[next(singles) % len(held)][None], 10), 1, "cpu",
-                             min_seconds=2.0, max_calls=200)
-                curve.append({"nprobe": nprobe, "rerank": rerank, "recall@10": round(recall, 4), "qps_1": rate})
-        result.update(curve=curve, chosen=chosen, **_rss_parts())
-    if step == "update":
-        full = _scale_store(folder)
-        timed = {}
-        begin = time.perf_counter()
-        backend.add(full, n)
-        timed["add_s"] = time.perf_counter() - begin
-        begin = time.perf_counter()
-        gone = torch.randperm(n, generator=torch.Generator().manual_seed(2))[:added].sort().values
-        backend.remove(gone.tolist(), full)  # rows after the removed ones move up; the matrix is not searched here
-        timed["remove_s"] = time.perf_counter() - begin
-        result.update({key: round(value, 2) for key, value in timed.items()})
-        result["ntotal"] = backend.index.ntotal
-    return result
 
 
 def measure_train(mode: str, device: str, root: str, limit_items: int, steps: int, batch_size: int) -> dict:
@@ -295,15 +182,8 @@ def measure_train(mode: str, device: str, root: str, limit_items: int, steps: in
     towers train on 10-s crops."""
     import tempfile
 
-    from hybrid_retrieval.losses import ContrastiveLoss
     from hybrid_retrieval.training.config import split_config
-    from hybrid_retrieval.training.loop import (
-        build_model,
-        load_items,
-        optimizer_and_schedule,
-        train_step,
-        training_data,
-    )
+    from hybrid_retrieval.training.loop import build_model, load_items, training_data
 
     frozen = mode == "frozen"
     flat = {"dataset": "synthmusic", "data_root": root, "limit_items": limit_items, "batch_size": batch_size,
@@ -317,11 +197,24 @@ def measure_train(mode: str, device: str, root: str, limit_items: int, steps: in
     with tempfile.TemporaryDirectory() as cache:
         data = training_data(model, cfg, items, cache if frozen else None, progress=False)
     cache_s = time.perf_counter() - started
+    setup_rss = rss_mb()
+    times = time_train_steps(model, cfg, data, device, steps)
+    return {"step_s": statistics.median(times), "steps": steps, "cache_s": round(cache_s, 1) if frozen else None,
+            "cached_items": len(items) if frozen else None, "setup_rss_mb": setup_rss}
+
+
+def time_train_steps(model, cfg, data, device: str, steps: int) -> list[float]:
+    """Seconds of each of `steps` training steps (the provider's inputs + `train_step`: forward,
+    loss, backward, clipping, AdamW) on the batches of `data` (a `training_data`), after one
+    warm-up step (allocations, oneDNN primitives)."""
+    from hybrid_retrieval.losses import ContrastiveLoss
+    from hybrid_retrieval.training.loop import optimizer_and_schedule, train_step
+
     optimizer, _ = optimizer_and_schedule(model, cfg, len(data.sampler))
     loss_fn = ContrastiveLoss(cfg.loss)
-    setup_rss, times = _rss_mb(), []
+    times: list[float] = []
     batches = iter(data.loader)
-    for _ in range(steps + 1):  # the first step warms up (allocations, oneDNN primitives)
+    for _ in range(steps + 1):
         batch = next(batches)
         _sync(device)
         start = time.perf_counter()
@@ -329,15 +222,186 @@ def measure_train(mode: str, device: str, root: str, limit_items: int, steps: in
                    batch["item"].to(device), cfg.grad_clip, use_amp=device.startswith("cuda"))
         _sync(device)
         times.append(time.perf_counter() - start)
-    return {"step_s": statistics.median(times[1:]), "steps": steps, "cache_s": round(cache_s, 1) if frozen else None,
-            "cached_items": len(items) if frozen else None, "setup_rss_mb": setup_rss}
+    return times[1:]
+
+
+def measure_load(mode: str, path: str, repeats: int, device: str) -> dict:
+    """Seconds per random 10-s crop of `path` (median of `repeats`): "whole" decodes and resamples
+    the whole file, then slices (what a crop cost before windowed reads); "window" is training's
+    `random_crop`, which reads the header and decodes only the window."""
+    from hybrid_retrieval.audio.io import audio_info, load_audio
+    from hybrid_retrieval.training.data import random_crop
+
+    length = int(CLIP_SECONDS * SAMPLE_RATE)
+    total = audio_info(path).length()
+    generator = torch.Generator().manual_seed(0)
+    setup_rss, times = rss_mb(), []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        if mode == "whole":
+            start = int(torch.randint(total - length + 1, (1,), generator=generator))
+            crop = load_audio(path)[start:start + length]
+        else:
+            crop = random_crop(path, length, generator)
+        times.append(time.perf_counter() - started)
+        assert len(crop) == length
+    return {"crop_s": statistics.median(times), "setup_rss_mb": setup_rss}
+
+
+def measure_embed_file(mode: str, path: str, model: str, device: str) -> dict:
+    """Seconds to embed one whole file as `tag` does (`embed_audio_files`): "window" reads and
+    embeds it in 10-s windows (the default), "whole" in one forward pass (--window-seconds 0)."""
+    from hybrid_retrieval.audio.tower import create_audio_tower
+    from hybrid_retrieval.embedding import embed_audio_files
+
+    tower = create_audio_tower(f"efficientat:{model}", pretrained=False).to(device).eval()  # speed only
+    runner = tower.inference_copy()
+    tower.embed_waveforms([torch.zeros(int(CLIP_SECONDS * SAMPLE_RATE))] * 4, runner=runner)  # warm-up: oneDNN kernels
+    setup_rss = rss_mb()
+    _sync(device)
+    started = time.perf_counter()
+    out = embed_audio_files(tower, [path], window_seconds=CLIP_SECONDS if mode == "window" else 0, runner=runner)[0]
+    _sync(device)
+    return {"seconds": time.perf_counter() - started, "windows_tokens": int(out.tokens.shape[1]),
+            "setup_rss_mb": setup_rss}
+
+
+def write_noise_wav(path: Path, seconds: float, rate: int = 44_100, seed: int = 0) -> Path:
+    """A 16-bit mono WAV of quiet Gaussian noise, generated and written a minute at a time."""
+    import numpy as np
+    import soundfile as sf
+
+    rng = np.random.default_rng(seed)
+    total, block = int(seconds * rate), 60 * rate
+    with sf.SoundFile(path, "w", rate, 1, subtype="PCM_16", format="WAV") as handle:
+        for start in range(0, total, block):
+            handle.write((rng.standard_normal(min(block, total - start), dtype=np.float32) * 0.1))
+    return path
+
+
+CATALOGUE_RATES = (16_000, 22_050, 32_000, 44_100, 48_000)
+CATALOGUE_VARIANTS = {"tower": "audio tower alone (clips decoded beforehand)",
+                      "e2e-0": "files to index, read in the main process (0 workers)",
+                      "e2e-1": "files to index, 1 reader process",
+                      "e2e-2": "files to index, 2 reader processes"}
+
+
+def make_mixed_clips(folder: Path, count: int, seed: int = 0) -> list[Path]:
+    """`count` clips of 2 to 25 s (uniform) at the rates of CATALOGUE_RATES, as WAV and FLAC in
+    turn: tones over noise. The same files for a seed."""
+    import numpy as np
+    import soundfile as sf
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        rate, seconds = CATALOGUE_RATES[i % len(CATALOGUE_RATES)], float(rng.uniform(2.0, 25.0))
+        t = np.arange(int(rate * seconds)) / rate
+        wave = 0.2 * np.sin(2 * np.pi * rng.uniform(80, 4000) * t) + 0.05 * rng.standard_normal(len(t))
+        path = folder / f"clip{i:04d}.{('wav', 'flac')[i % 2]}"
+        if not path.exists():
+            sf.write(path, wave.astype(np.float32), rate)
+        paths.append(path)
+    return paths
+
+
+def measure_catalogue(variant: str, device: str, folder: str, count: int, window_seconds: float) -> dict:
+    import tempfile
+
+    from hybrid_retrieval.audio.io import audio_windows
+    from hybrid_retrieval.data.catalogue import load_catalogue
+    from hybrid_retrieval.index import build_index, save_index
+    from hybrid_retrieval.model import create_model
+
+    model = create_model("mn04_minilm", pretrained=False).to(device).eval()  # speed only
+    paths = make_mixed_clips(Path(folder), count)
+    tower = model.audio_tower
+    if variant == "tower":
+        window = tower.window_samples(window_seconds)
+        pieces = [(i, torch.from_numpy(piece)) for i, path in enumerate(paths) for piece in audio_windows(path, window)]
+
+        def run() -> None:
+            tower.embed_windows(iter(pieces), len(paths), 32)
+    else:
+        workers = int(variant.split("-")[1])
+
+        def run() -> None:
+            with tempfile.TemporaryDirectory() as tmp:
+                index = build_index(model, load_catalogue(folder), {"path": "bench"}, cache_dir=Path(tmp) / "cache",
+                                    window_seconds=window_seconds, progress=False, workers=workers)
+                save_index(index, Path(tmp) / "bench.index")
+    run()  # warm-up: oneDNN builds its kernels for each new input shape on first use
+    setup_rss = rss_mb()
+    _sync(device)
+    start = time.perf_counter()
+    run()
+    _sync(device)
+    seconds = time.perf_counter() - start
+    return {"files_per_s": len(paths) / seconds, "seconds": seconds, "setup_rss_mb": setup_rss}
+
+
+# A text search as `hybrid-retrieval search` runs it, timed in its parts (run with `python -c`, so
+# that the imports are timed cold: argv = index, query).
+COLD_SEARCH = """
+import json, sys, time
+start = time.perf_counter()
+import hybrid_retrieval.cli
+from hybrid_retrieval.index.query_encoder import open_query_encoder
+from hybrid_retrieval.index.store import load_index
+imported = time.perf_counter()
+index = load_index(sys.argv[1], require=("model", "checkpoint"))
+encoder = open_query_encoder(index)
+loaded = time.perf_counter()
+scores, rows = index.search(encoder.encode([sys.argv[2]]), 10)
+print([index.ids[row] for row in rows[0].tolist()], file=sys.stderr)
+done = time.perf_counter()
+print("RESULT " + json.dumps({"import_s": imported - start, "load_s": loaded - imported, "query_s": done - loaded}))
+"""
+
+
+def prepare_coldstart(device: str, folder: str) -> dict:
+    """A checkpoint (mn04_minilm, text tower frozen, the audio tower's weights in the file so the
+    released ones are not needed), an index of 20 clips, and a copy of the index without the query
+    identity (the whole-model check indexes had before)."""
+    from hybrid_retrieval.data.catalogue import load_catalogue
+    from hybrid_retrieval.fingerprint import module_state_hash
+    from hybrid_retrieval.index import build_index, save_index
+    from hybrid_retrieval.model import create_model
+    from hybrid_retrieval.training.checkpoint import TrainingState, save_checkpoint
+
+    root = Path(folder)
+    make_mixed_clips(root / "clips", 20)
+    torch.manual_seed(0)
+    model = create_model("mn04_minilm", pretrained=False).to(device).eval()
+    checkpoint = save_checkpoint(root / "checkpoint", model, {"audio_pretrained": False}, TrainingState(1, 1),
+                                 frozen=("text",))
+    index = build_index(model.freeze(text=True), load_catalogue(root / "clips"), {"path": str(checkpoint)},
+                        window_seconds=10.0, progress=False)
+    save_index(index, root / "new.index")
+    del index.info["model"]["parts"]
+    index.info["model"]["weights"] = module_state_hash(model)
+    save_index(index, root / "old.index")
+    return {"checkpoint": str(checkpoint)}
+
+
+# What a worker process measures, by kind: the functions above, and the dry run's (imported when used).
+MEASUREMENTS = {"embed": "hybrid_retrieval.experiments.embed_speed:measure_audio",
+                "text": "hybrid_retrieval.experiments.embed_speed:measure_text", "search": measure_search,
+                "train": measure_train, "load": measure_load, "embed_file": measure_embed_file,
+                "catalogue": measure_catalogue, "coldstart": prepare_coldstart,
+                "scale": "hybrid_retrieval.experiments.scale_bench:measure_scale",
+                "dryrun_loader": "hybrid_retrieval.experiments.dryrun:measure_loader",
+                "dryrun_step": "hybrid_retrieval.experiments.dryrun:measure_step"}
 
 
 def worker(kind: str, params: dict) -> None:
     if params["device"] == "cpu" and params.get("threads"):
         torch.set_num_threads(params["threads"])
-    result = {"embed": measure_embed, "search": measure_search, "train": measure_train, "scale": measure_scale}[kind](
-        **{k: v for k, v in params.items() if k != "threads"})
+    measure = MEASUREMENTS[kind]
+    if isinstance(measure, str):
+        measure = import_object(measure)
+    result = measure(**{k: v for k, v in params.items() if k != "threads"})
     result["peak_rss_mb"] = _peak_rss_mb()
     if params["device"].startswith("cuda"):
         result["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
@@ -369,12 +433,9 @@ def machine(device: str) -> dict:
             "python": platform.python_version(), "device": device,
             "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None,
             "load_before": [round(x, 2) for x in os.getloadavg()], "command": " ".join(sys.argv)}
-    try:
-        import faiss
-
-        info["faiss"] = faiss.__version__
-    except ImportError:
-        pass
+    for module in ("faiss", "onnxruntime", "openvino", "sentence_transformers"):
+        with contextlib.suppress(ImportError):
+            info[module] = importlib.import_module(module).__version__
     return info
 
 
@@ -383,35 +444,33 @@ def mb(value: float | None) -> str:
 
 
 def bench_embed(args: argparse.Namespace) -> str:
-    variants = list(EMBED_VARIANTS)
-    if args.device.startswith("cuda"):
-        variants.append("batch32-bf16")
-    if args.compile:
-        variants.append("batch32-compile")
-    runs: dict[str, list[dict]] = {v: [] for v in variants}
-    for r in range(args.rounds):
-        print(f"embed, round {r + 1}/{args.rounds}", flush=True)
-        for variant in variants:
-            runs[variant].append(run_worker("embed", variant=variant, device=args.device, model=args.audio_model,
-                                            threads=args.threads))
-    rows = {}
-    for variant in variants:
-        rates = [m["clips_per_s"] for m in runs[variant]]
-        ratios = [m["clips_per_s"] / ref["clips_per_s"] for m, ref in zip(runs[variant], runs["reference"])]
-        rows[EMBED_LABELS[variant]] = {
-            "clips/s (median)": f"{statistics.median(rates):.1f}",
-            "per round": " / ".join(f"{x:.1f}" for x in rates),
-            "× reference (median of rounds)": f"{statistics.median(ratios):.2f}",
-            "RSS after setup / peak, MB": f"{mb(statistics.median(m['setup_rss_mb'] for m in runs[variant]))} / "
-                                          f"{mb(max(m['peak_rss_mb'] for m in runs[variant]))}",
-            **({"peak CUDA MB": mb(max(m["peak_cuda_mb"] for m in runs[variant]))}
-               if args.device.startswith("cuda") else {}),
-            **({"compile s": str(runs[variant][0]["compile_s"])} if "compile_s" in runs[variant][0] else {}),
-        }
-    order = ["clips/s (median)", "× reference (median of rounds)", "per round", "RSS after setup / peak, MB",
-             "peak CUDA MB", "compile s"]
-    columns = [c for c in order if any(c in row for row in rows.values())]
-    return markdown_table(rows, columns, f"{args.audio_model}, {args.device}, fp32")
+    """The audio embedding variants, interleaved over --rounds rounds in one process (embed_speed)."""
+    from hybrid_retrieval.experiments.embed_speed import audio_table
+
+    print("embed: audio", flush=True)
+    m = run_worker("embed", device=args.device, model=args.audio_model, rounds=args.rounds,
+                   min_seconds=args.min_seconds, efficientat_repo=args.efficientat_repo, compile=args.compile,
+                   threads=args.threads)
+    notes = [f"runtime chosen by auto: {m['auto']}",
+             f"RSS after setup / peak: {mb(m['setup_rss_mb'])} / {mb(m['peak_rss_mb'])} MB"]
+    if "embedding_difference" in m:
+        notes.append("embeddings of the original and the project, same weights: largest difference "
+                     f"{m['embedding_difference']:.1e} of the largest value")
+    return audio_table(m, f"{args.audio_model}, {args.device}, fp32, 10-s clips") + "\n\n" + "; ".join(notes)
+
+
+def bench_text(args: argparse.Namespace) -> str:
+    """Captions/s of the text tower against sentence-transformers, interleaved (embed_speed)."""
+    from hybrid_retrieval.experiments.embed_speed import text_table
+
+    print("embed: text", flush=True)
+    m = run_worker("text", device=args.device, rounds=args.rounds, batch_sizes=args.text_batch_sizes,
+                   min_seconds=args.min_seconds, threads=args.threads)
+    notes = [f"{m['captions']} SynthMusic captions",
+             ("largest |difference| of the L2-normalised embeddings (text normalisation off): "
+              f"{m['max_embedding_difference']:.1e}"),
+             f"RSS after setup / peak: {mb(m['setup_rss_mb'])} / {mb(m['peak_rss_mb'])} MB"]
+    return text_table(m, f"all-MiniLM-L6-v2, {args.device}, fp32") + "\n\n" + "; ".join(notes)
 
 
 def bench_search(args: argparse.Namespace) -> str:
@@ -454,73 +513,134 @@ def bench_train(args: argparse.Namespace) -> str:
     return markdown_table(rows, columns, f"mn04_minilm, batch {args.batch_size}, {args.device}")
 
 
-def bench_scale(args: argparse.Namespace) -> str:
-    """A catalogue of --scale-items structured vectors (d = --dim) searched through an IVF-PQ index
-    with exact re-ranking from a float16 store memory-mapped from disk (written under
-    --scale-dir, deleted afterwards): build time, the recall/rate curve, memory, update times."""
+def bench_load(args: argparse.Namespace) -> str:
+    import shutil
+    import tempfile
+
+    scratch = Path(tempfile.mkdtemp(prefix="hybrid_retrieval_bench_", dir=args.scratch))
+    try:
+        crops, files = {}, {}
+        for minutes in args.load_minutes:
+            label = f"{minutes:g} min" if minutes < 60 else f"{minutes / 60:g} h"
+            print(f"load, {label}: writing the file", flush=True)
+            path = str(write_noise_wav(scratch / f"{minutes:g}min.wav", minutes * 60))
+            size_mb = Path(path).stat().st_size / 2 ** 20
+            m = {mode: run_worker("load", mode=mode, path=path, repeats=args.load_repeats, device="cpu",
+                                  threads=args.threads) for mode in ("whole", "window")}
+            crops[f"{label} ({size_mb:,.0f} MB)"] = {
+                "whole file: s/crop": f"{m['whole']['crop_s']:.3f}",
+                "window: s/crop": f"{m['window']['crop_s']:.4f}",
+                "whole / window": f"{m['whole']['crop_s'] / m['window']['crop_s']:,.0f}x",
+                "whole file: peak RSS, MB": mb(m["whole"]["peak_rss_mb"]),
+                "window: peak RSS, MB": mb(m["window"]["peak_rss_mb"]),
+                "RSS after setup, MB": mb(m["window"]["setup_rss_mb"]),
+            }
+            modes = [mode for mode, limit in (("window", None), ("whole", args.whole_pass_minutes))
+                     if limit is None or minutes <= limit]
+            for mode in modes:
+                e = run_worker("embed_file", mode=mode, path=path, model=args.audio_model, device=args.device,
+                               threads=args.threads)
+                files[f"{label}, {'10-s windows (default)' if mode == 'window' else 'one pass (--window-seconds 0)'}"] = {
+                    "s": f"{e['seconds']:.1f}",
+                    "audio s per s": f"{minutes * 60 / e['seconds']:,.0f}",
+                    "peak RSS, MB": mb(e["peak_rss_mb"]),
+                    "RSS after setup, MB": mb(e["setup_rss_mb"]),
+                    **({"peak CUDA MB": mb(e["peak_cuda_mb"])} if args.device.startswith("cuda") else {}),
+                }
+            Path(path).unlink()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    crop_table = markdown_table(crops, list(next(iter(crops.values())).keys()),
+                                "one random 10-s crop of a 44.1-kHz WAV")
+    file_table = markdown_table(files, list(next(iter(files.values())).keys()),
+                                f"embedding a whole file ({args.audio_model}, {args.device})")
+    return crop_table + "\n\n" + file_table
+
+
+def bench_catalogue(args: argparse.Namespace) -> str:
+    folder = Path(args.out) / "mixed_clips"
+    runs: dict[str, list[dict]] = {v: [] for v in CATALOGUE_VARIANTS}
+    for r in range(args.rounds):
+        print(f"catalogue, round {r + 1}/{args.rounds}", flush=True)
+        for variant in CATALOGUE_VARIANTS:
+            runs[variant].append(run_worker("catalogue", variant=variant, device=args.device, folder=str(folder),
+                                            count=args.catalogue_files, window_seconds=10.0, threads=args.threads))
+    rows = {}
+    for variant, label in CATALOGUE_VARIANTS.items():
+        rates = [m["files_per_s"] for m in runs[variant]]
+        ratios = [m["files_per_s"] / t["files_per_s"] for m, t in zip(runs[variant], runs["tower"])]
+        rows[label] = {"files/s (median)": f"{statistics.median(rates):.1f}",
+                       "per round": " / ".join(f"{x:.1f}" for x in rates),
+                       "× tower alone (median of rounds)": f"{statistics.median(ratios):.2f}",
+                       "RSS after setup / peak, MB": f"{mb(statistics.median(m['setup_rss_mb'] for m in runs[variant]))} / "
+                                                     f"{mb(max(m['peak_rss_mb'] for m in runs[variant]))}"}
+    columns = ["files/s (median)", "× tower alone (median of rounds)", "per round", "RSS after setup / peak, MB"]
+    return markdown_table(rows, columns, f"{args.catalogue_files} clips of 2-25 s, 16-48 kHz, WAV/FLAC; mn04_as, "
+                                         f"{args.device}, 10-s windows")
+
+
+def _timed_process(command: list[str], env: dict) -> tuple[float, dict]:
+    started = time.perf_counter()
+    proc = subprocess.run(command, capture_output=True, text=True, env=env)
+    seconds = time.perf_counter() - started
+    if proc.returncode:
+        raise RuntimeError(f"{command} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    return seconds, json.loads(lines[-1][len("RESULT "):]) if lines else {}
+
+
+def bench_coldstart(args: argparse.Namespace) -> str:
     import shutil
 
-    n, added, tune, held_out = args.scale_items, args.scale_added, 200, 500
-    need = (n + added) * args.dim * 2
-    Path(args.scale_dir).mkdir(parents=True, exist_ok=True)
-    if shutil.disk_usage(args.scale_dir).free < 1.1 * need:
-        raise SystemExit(f"{args.scale_dir} has {shutil.disk_usage(args.scale_dir).free / 1e9:.1f} GB free; "
-                         f"the store needs {need / 1e9:.1f} GB")
-    root = tempfile.mkdtemp(prefix="hybrid-retrieval-scale-", dir=args.scale_dir)
-    common = {"root": root, "n": n, "added": added, "dim": args.dim, "tune": tune, "held_out": held_out,
-              "device": "cpu", "threads": args.threads}
-    try:
-        steps = {}
-        for step in ("data", "truth", "build", "search", "update"):
-            print(f"scale, {step} ({n:,} items)", flush=True)
-            began = time.perf_counter()
-            steps[step] = run_worker("scale", step=step, **common)
-            steps[step]["wall_s"] = round(time.perf_counter() - began, 1)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-    build, search, update = steps["build"], steps["search"], steps["update"]
-    settings = build["settings"]
-    summary = {
-        "catalogue": {"value": f"{n:,} x {args.dim} structured unit vectors; float16 store "
-                               f"{steps['data']['store_gb']} GB on disk (memory-mapped)"},
-        "writing the store": {"value": f"{steps['data']['wall_s']} s"},
-        "exact top-10 of the held-out queries": {"value": f"{steps['truth']['wall_s']} s for {held_out} queries "
-                                                          "(chunks of the mapped store)"},
-        "build (train + add + tune)": {"value": f"{build['build_s']} s, of which {build['tuning_truth_s']} s the "
-                                                f"exact top-10 of the {tune} tuning queries; peak RSS "
-                                                f"{mb(build['peak_rss_mb'])} MB"},
-        "index": {"value": f"{settings['factory']}: {build['index_mb']:,} MB of codes and lists"},
-        "tuned to": {"value": f"nprobe={settings['value'][0]}, re-rank {settings['value'][1]} x k: recall@10 "
-                              f"{settings['recall@10']} on the {tune} tuning queries"},
-        "search process memory": {"value": f"RSS after load {mb(search['rss_after_load_mb'])} MB; peak "
-                                           f"{mb(search['peak_rss_mb'])} MB; at the end "
-                                           f"{mb(search['RssAnon'])} MB anonymous + {mb(search['RssFile'])} MB "
-                                           "mapped store pages"},
-        f"update: add {added:,} items": {"value": f"{update['add_s']} s (encoded into the trained cells)"},
-        f"update: remove {added:,} items": {"value": f"{update['remove_s']} s"},
-        "update: re-measure the recall": {"value": f"{build['tuning_truth_s']} s (the tuning queries' exact search)"},
-    }
-    chosen = search["chosen"]
-    curve = {f"nprobe {point['nprobe']}, re-rank {point['rerank']} x k"
-             f"{' (tuned)' if [point['nprobe'], point['rerank']] == chosen else ''}": {
-                 "recall@10 (held-out)": f"{point['recall@10']:.3f}",
-                 "queries/s, 1 per call": f"{point['qps_1']:,.1f}"} for point in search["curve"]}
-    return (markdown_table(summary, ["value"], f"IVF-PQ at {n:,} items") + "\n\n"
-            + markdown_table(curve, ["recall@10 (held-out)", "queries/s, 1 per call"],
-                             f"recall vs rate ({held_out} held-out queries)"))
+    root = Path(args.out) / "coldstart"
+    cache = root / "cache"
+    run_worker("coldstart", folder=str(root), device=args.device)
+    env = {**os.environ, "HYBRID_RETRIEVAL_CACHE": str(cache)}
+    query = "a slow sad piano ballad"
+    rows = {}
+    empty = statistics.median(_timed_process([sys.executable, "-c", "pass"], env)[0] for _ in range(args.cold_runs))
+    # the first-search rows clear the cache before each run; their last export stays for the cached rows
+    for label, index, fresh in (("first search: no cached encoder (text tower built, export written)", "new.index",
+                                 True),
+                                ("cached ONNX query encoder", "new.index", False),
+                                ("index without a query identity (whole model loaded and hashed, as before)",
+                                 "old.index", False)):
+        walls, splits = [], []
+        for _ in range(args.cold_runs):
+            if fresh:
+                shutil.rmtree(cache, ignore_errors=True)
+            cli = [sys.executable, "-m", "hybrid_retrieval.cli", "search", str(root / index), query, "--top", "10"]
+            walls.append(_timed_process(cli, env)[0])
+            if fresh:
+                shutil.rmtree(cache, ignore_errors=True)
+            splits.append(_timed_process([sys.executable, "-c", COLD_SEARCH, str(root / index), query], env)[1])
+        print(f"  coldstart {label}: {walls} {splits}", flush=True)
+        rows[label] = {"command s (median)": f"{statistics.median(walls):.2f}",
+                       "per run": " / ".join(f"{x:.2f}" for x in walls),
+                       **{f"{part} s": f"{statistics.median(s[part + '_s'] for s in splits):.2f}"
+                          for part in ("import", "load", "query")}}
+    columns = ["command s (median)", "per run", "import s", "load s", "query s"]
+    return markdown_table(rows, columns, f"`search` in a new process (python itself: {empty:.2f} s)")
 
 
 def run_benchmarks(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--worker", nargs=2, metavar=("KIND", "JSON"), help=argparse.SUPPRESS)
-    parser.add_argument("--only", default="embed,search,train",
-                        help="comma-separated subset of embed,search,train,scale (scale: about an hour at 10M)")
+    parser.add_argument("--only", default="embed,text,search,train,load,catalogue,coldstart",
+                        help="comma-separated subset of embed,text,search,train,load,catalogue,coldstart,scale "
+                             "(scale: about an hour at 10M items)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per measurement (CPU)")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the embedding variants")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the embedding variants")
+    parser.add_argument("--min-seconds", type=float, default=3.0, help="time of each embedding variant per round")
     parser.add_argument("--audio-model", default="mn04_as", help="EfficientAT model of the embedding benchmark")
+    parser.add_argument("--efficientat-repo", default=None, metavar="DIR",
+                        help="a checkout of the original EfficientAT (github.com/fschmid56/EfficientAT), run "
+                             "beside the project's tower; it needs torchaudio importable (not a dependency)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="add a torch.compile embedding row (default: on CUDA only)")
+    parser.add_argument("--text-batch-sizes", default="32,256",
+                        help="batch sizes of the text embedding benchmark (comma-separated)")
     parser.add_argument("--sizes", default="10000,100000,1000000", help="catalogue sizes of the search benchmark")
     parser.add_argument("--dim", type=int, default=1024, help="embedding size (default: the models' 1024)")
     parser.add_argument("--scale-items", type=int, default=10_000_000, help="catalogue size of the scale benchmark")
@@ -531,23 +651,42 @@ def run_benchmarks(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-items", type=int, default=128, help="clips the frozen mode caches")
     parser.add_argument("--train-steps", type=int, default=3, help="timed steps per mode (after one warm-up)")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--load-minutes", default="1,10,60,120", help="file lengths of the load benchmark (minutes)")
+    parser.add_argument("--load-repeats", type=int, default=3, help="crops timed per file and mode")
+    parser.add_argument("--whole-pass-minutes", type=float, default=10,
+                        help="longest file embedded in one pass too (its memory grows with the file)")
+    parser.add_argument("--scratch", default=None, help="folder for the load benchmark's files (default: the "
+                                                        "system's temporary folder; deleted afterwards)")
+    parser.add_argument("--catalogue-files", type=int, default=60, help="generated clips of the catalogue benchmark")
+    parser.add_argument("--cold-runs", type=int, default=5, help="new processes per cold-start measurement")
     parser.add_argument("--out", default="results/bench", help="folder for bench.json and bench.md")
     args = parser.parse_args(argv)
     if args.worker:
         worker(args.worker[0], json.loads(args.worker[1]))
         return 0
     args.sizes = [int(s) for s in args.sizes.split(",")]
+    args.load_minutes = [float(m) for m in args.load_minutes.split(",")]
+    args.text_batch_sizes = [at_least_one(s) for s in args.text_batch_sizes.split(",")]
+    if args.efficientat_repo and "embed" in args.only.split(","):
+        from hybrid_retrieval.experiments.embed_speed import check_efficientat_repo
+
+        args.efficientat_repo = str(check_efficientat_repo(args.efficientat_repo))
     if args.compile is None:
         args.compile = args.device.startswith("cuda")
     info = machine(args.device)
     sections = {"embed": ("Audio embedding throughput (10-s clips/s)", bench_embed),
+                "text": ("Text embedding throughput (captions/s)", bench_text),
                 "search": ("Search, top-10 (random unit vectors)", bench_search),
                 "train": ("Training step time (SynthMusic)", bench_train),
-                "scale": ("Search at scale: IVF-PQ with re-ranking from a float16 store on disk", bench_scale)}
+                "load": ("Long recordings: windowed reading and embedding", bench_load),
+                "catalogue": ("From files to index: end to end against the tower alone (files/s)", bench_catalogue),
+                "coldstart": ("Text search from a cold start", bench_coldstart),
+                "scale": ("Search at scale: IVF-PQ with re-ranking from a float16 store on disk",
+                          "hybrid_retrieval.experiments.scale_bench:bench_scale")}
     tables = {}
     for name in args.only.split(","):
         title, bench = sections[name]
-        tables[title] = bench(args)
+        tables[title] = (import_object(bench) if isinstance(bench, str) else bench)(args)
     info["load_after"] = [round(x, 2) for x in os.getloadavg()]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

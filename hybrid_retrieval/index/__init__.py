@@ -1,6 +1,8 @@
 """The search index: a catalogue embedded once by a checkpoint, searched many times.
 
-    search_index.py   SearchIndex (embeddings, items, model identity, backend), build_index
+    search_index.py   SearchIndex (embeddings, items, model identity, backend; search, search_audio), build_index
+    sharded.py        build_index_sharded: one index built by several torchrun processes, resumable by shard
+    query_encoder.py  open_query_encoder: the query half of the index's checkpoint (a cached ONNX export)
     store.py          the index file: save_index, load_index
     backends/         how an index is searched: exact torch (default), FAISS; one protocol
     cli.py            `hybrid-retrieval index build|info` and `hybrid-retrieval search`
@@ -13,6 +15,8 @@ from hybrid_retrieval.lazy import lazy_exports
 _EXPORTS = {
     "SearchIndex": "hybrid_retrieval.index.search_index",
     "build_index": "hybrid_retrieval.index.search_index",
+    "build_index_sharded": "hybrid_retrieval.index.sharded",
+    "open_query_encoder": "hybrid_retrieval.index.query_encoder",
     "model_identity": "hybrid_retrieval.index.search_index",
     "INDEX_FORMAT": "hybrid_retrieval.index.store",
     "load_index": "hybrid_retrieval.index.store",

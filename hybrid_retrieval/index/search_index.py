@@ -2,16 +2,20 @@
 
 It holds the L2-normalised item embeddings (scores are cosines), each item's id, audio path and
 the metadata text it was embedded with, the model's identity (its towers' fingerprint, a hash of
-all its weights and its config) and a search backend (exact torch by default; see
-`index.backends`). Queries must be embedded by the model that embedded the items:
-`check_model` refuses any other, naming what differs. Each item's tags and description are kept
-for filtered searches (`index.filters`).
+all its weights, its config, and the identity of its query half: text tower, query projection
+and their config keys) and a search backend (exact torch by default; see `index.backends`).
+Queries must be embedded by the model that embedded the items: `check_model` refuses any other,
+naming what differs; a text query needs only the query half to match (`check_query_model`), an
+example clip (`search_audio`) the whole model. Each item's tags and description are kept for
+filtered searches (`index.filters`).
 
 The embeddings of a loaded index are memory-mapped from its file (float32, or float16 for an
 IVF-PQ index, whose codes do the searching); `add` and `remove` make a new matrix in memory.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import time
@@ -19,29 +23,47 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from hybrid_retrieval.audio.reader import DEFAULT_WORKERS
 from hybrid_retrieval.data.items import CatalogueItem
-from hybrid_retrieval.embedding import embed_catalogue, embed_queries
 from hybrid_retrieval.errors import BadInputError, IncompatibleModelError
-from hybrid_retrieval.fingerprint import module_state_hash
+from hybrid_retrieval.fingerprint import module_state_hash, state_hash
 from hybrid_retrieval.index.backends import DEFAULT_BACKEND, create_backend
 from hybrid_retrieval.index.backends.base import IndexBackend
 from hybrid_retrieval.index.backends.exact import exact_search
 from hybrid_retrieval.index.filters import ItemFilter, ItemRecords, item_tags
-from hybrid_retrieval.model import RetrievalModel
+
+if TYPE_CHECKING:  # the model code is imported when an index is built or searched by example, not to load one
+    from hybrid_retrieval.model import RetrievalModel
 
 log = logging.getLogger("hybrid_retrieval")
 
 
 def model_identity(model: RetrievalModel) -> dict:
     """What must match between the model that embedded an index's items and the one that
-    embeds its queries: the towers' fingerprint, a hash of every weight (towers and heads)
-    and the architecture config."""
-    return {"fingerprint": model.fingerprint(), "weights": module_state_hash(model),
-            "config": model.config.to_dict()}
+    embeds its queries: the towers' fingerprint, a hash of every weight (sha256 over the hashes
+    of the model's parts: each tower, the query projection, the item encoder, ...; each part is
+    hashed once, the towers' hashes are their fingerprints'), the architecture config, and
+    `parts["query"]`, the identity of the query half (`query_model.query_identity`)."""
+    from hybrid_retrieval.query_model import query_identity
+
+    fingerprint = model.fingerprint()
+    towers = {"audio_tower": fingerprint["audio_state"], "text_tower": fingerprint["text_state"]}
+    groups: dict[str, dict[str, Tensor]] = {}
+    for name, tensor in model.state_dict().items():
+        part, _, rest = name.partition(".")
+        if part not in towers:
+            groups.setdefault(part, {})[rest or name] = tensor
+    parts = {**towers, **{part: state_hash(tensors) for part, tensors in groups.items()}}
+    return {"fingerprint": fingerprint, "weights": hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest(),
+            "config": model.config.to_dict(),
+            "parts": {"query": query_identity(towers["text_tower"], parts.get("text_proj", state_hash({})),
+                                             model.config)}}
 
 
 def _exact(embeddings: Tensor) -> IndexBackend:
@@ -82,17 +104,49 @@ class SearchIndex:
 
     def check_model(self, model: RetrievalModel) -> None:
         """Raise IncompatibleModelError unless `model` is the one this index's items were embedded by."""
-        expected, actual = self.info["model"], model_identity(model)
+        expected = self.info["model"]
+        if "parts" in expected:
+            actual = model_identity(model)
+        else:  # an index from before per-part identities: its weights hash is of the whole state dict
+            actual = {"fingerprint": model.fingerprint(), "weights": module_state_hash(model),
+                      "config": model.config.to_dict()}
         if actual == expected:
             return
-        parts = [name for name, differs in (
+        self._refuse([name for name, differs in (
             ("audio tower", actual["fingerprint"].get("audio_state") != expected["fingerprint"].get("audio_state")),
             ("text tower", actual["fingerprint"].get("text_state") != expected["fingerprint"].get("text_state")),
             ("architecture", actual["config"] != expected["config"]),
-        ) if differs] or ["projection/fusion weights"]
+        ) if differs] or ["projection/fusion weights"], "weights", expected["weights"], actual["weights"])
+
+    @property
+    def query_identity(self) -> dict | None:
+        """The identity of the query half of the index's model (None: an index built before it was
+        recorded, whose text queries need the whole model: `check_model`)."""
+        identity = self.info["model"].get("parts", {}).get("query")
+        if identity is not None and not isinstance(identity, dict):
+            raise BadInputError(f"its header field 'model.parts.query' is a {type(identity).__name__}, not an object")
+        return identity
+
+    def check_query_model(self, identity: dict) -> None:
+        """Raise IncompatibleModelError unless `identity` (`query_model.query_identity` of a model
+        or checkpoint) is that of the index's model: then its text queries are the index's."""
+        expected = self.query_identity
+        if expected is None:
+            raise BadInputError("this index records no query identity (it was built before they were): "
+                                "check the whole model with check_model")
+        if identity == expected:
+            return
+        self._refuse([name for name, differs in (
+            ("text tower", identity.get("text_state") != expected.get("text_state")),
+            ("architecture", identity.get("config") != expected.get("config")),
+        ) if differs] or ["query projection weights"], "query identity",
+            hashlib.sha256(json.dumps(expected, sort_keys=True).encode()).hexdigest(),
+            hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest())
+
+    def _refuse(self, parts: list[str], what: str, expected: str, actual: str) -> None:
         raise IncompatibleModelError(
-            f"this index was built with checkpoint {self.checkpoint} (weights sha256 {expected['weights'][:12]}), "
-            f"but the model given differs in its {', '.join(parts)} (weights sha256 {actual['weights'][:12]}); "
+            f"this index was built with checkpoint {self.checkpoint} ({what} sha256 {expected[:12]}), "
+            f"but the model given differs in its {', '.join(parts)} ({what} sha256 {actual[:12]}); "
             f"search with the index's own checkpoint, or rebuild the index with this one")
 
     def use_backend(self, name: str, **options) -> None:
@@ -174,6 +228,31 @@ class SearchIndex:
         self.backend.add(self.embeddings, start, self.records(start))
         self.info["size"] = len(self)
 
+    def search_audio(self, model: RetrievalModel, clip: str | Path | np.ndarray | Tensor, k: int = 10,
+                     exact: bool = False, filter: ItemFilter | str | None = None,  # noqa: A002  # as search's
+                     ) -> tuple[Tensor, Tensor]:
+        """Rank the items for an example clip: (scores, rows), each (at most k,), best first.
+
+        The clip (a file, or a mono waveform at the tower's rate) is embedded as an item without
+        metadata, with the index's windows: for content-only models that is its item embedding,
+        for hybrid ones the embedding an item of audio alone gets (the metadata of a catalogue
+        item is not looked up, so a copy of it outside the catalogue is embedded alike). A file's
+        own entries (same resolved path) are left out of the results. `model` must be the index's
+        model: check it once with `check_model` (it hashes every weight, so it is not done here).
+        filter: only items matching it, as in `search`.
+        """
+        from hybrid_retrieval.embedding import example_embedding
+
+        window_seconds = self.info.get("embedding", {}).get("window_seconds")
+        query = example_embedding(model, clip, window_seconds)
+        own = set()
+        if isinstance(clip, (str, Path)):
+            resolved = str(Path(clip).resolve())
+            own = {row for row, path in enumerate(self.paths) if path == resolved}
+        scores, rows = self.search(query, k + len(own), exact=exact, filter=filter)
+        keep = [i for i, row in enumerate(rows[0].tolist()) if row >= 0 and row not in own][:k]
+        return scores[0, keep], rows[0, keep]
+
     def remove(self, ids: Sequence[str]) -> None:
         """Remove the items with these ids (each must be in the index)."""
         position = {item: row for row, item in enumerate(self.ids)}
@@ -194,58 +273,83 @@ class SearchIndex:
         self.info["size"] = len(self)
 
 
-def _embed_items(model: RetrievalModel, items: Sequence[CatalogueItem], cache_dir: str | Path | None,
-                 window_seconds: float | None, progress: bool) -> tuple[Tensor, dict]:
-    """(embeddings, the SearchIndex columns of `items`: paths, metadata text, tags, descriptions),
-    items embedded with their metadata of the model's kinds, for hybrid models."""
-    kinds = model.config.metadata if model.uses_metadata else ""
-    metadata = [item.metadata_text(kinds) if kinds else "" for item in items]
-    if kinds and not any(metadata):
-        log.warning("the checkpoint fuses %r metadata but no item has any: items are embedded from audio alone",
-                    kinds)
-    paths = [str(Path(item.audio_path).resolve()) for item in items]
-    embeddings = embed_catalogue(model, paths, metadata if kinds else None, cache_dir,
-                                 window_seconds=window_seconds, progress=progress)
-    return embeddings, {"paths": paths, "metadata": metadata, "tags": [list(item_tags(item.metadata)) for item in items],
-                        "descriptions": [str(item.metadata.get("fs") or "") for item in items]}
+def item_columns(items: Sequence[CatalogueItem]) -> dict:
+    """The filter columns of `items` for `SearchIndex`: tags (lower-case) and descriptions."""
+    return {"tags": [list(item_tags(item.metadata)) for item in items],
+            "descriptions": [str(item.metadata.get("fs") or "") for item in items]}
 
 
 def add_items(index: SearchIndex, model: RetrievalModel, items: Sequence[CatalogueItem],
-              cache_dir: str | Path | None = None, progress: bool = True) -> None:
-    """Embed `items` with `model` (refused unless it is the index's own: `check_model`), as the
-    index's items were (metadata kinds, windows), and add them (`SearchIndex.add`)."""
+              cache_dir: str | Path | None = None, progress: bool = True, workers: int = DEFAULT_WORKERS) -> None:
+    """Embed `items` with `model` (refused unless it is the index's own: `check_model`), as
+    `build_index` embeds a catalogue (metadata kinds, the index's windows, reader workers), and
+    add them (`SearchIndex.add`)."""
+    from hybrid_retrieval.embedding import embed_catalogue
+
     index.check_model(model)
     if not items:
         raise BadInputError("nothing to add: no usable audio files were given")
     index.check_new([item.item_id for item in items])  # before the embedding, not after
-    embeddings, columns = _embed_items(model, items, cache_dir, index.info["embedding"].get("window_seconds"),
-                                       progress)
-    index.add(embeddings, [item.item_id for item in items], **columns)
+    paths, metadata = catalogue_inputs(model, items)
+    embeddings = embed_catalogue(model, paths, metadata, cache_dir, progress=progress, workers=workers,
+                                 window_seconds=index.info["embedding"].get("window_seconds"))
+    index.add(embeddings, [item.item_id for item in items], paths, metadata or [""] * len(items),
+              **item_columns(items))
 
 
 def build_index(model: RetrievalModel, items: Sequence[CatalogueItem], checkpoint: dict, *,
                 source: str = "", approximate: str | None = None, target_recall: float = 0.95,
                 recall_queries: Sequence[str] | None = None, cache_dir: str | Path | None = None,
-                window_seconds: float | None = None, progress: bool = True) -> SearchIndex:
+                window_seconds: float | None = None, progress: bool = True,
+                workers: int = DEFAULT_WORKERS) -> SearchIndex:
     """Embed `items` (with their metadata of the model's kinds, for hybrid models) into an index.
 
     checkpoint: {"path", "epoch", "step"} of the checkpoint `model` was loaded from (recorded so
     `search` can find the model again); approximate: None (exact only), "ivf", "ivfpq" (embeddings
     stored as float16) or "hnsw" (the FAISS backend), tuned on `recall_queries` (text), else on up
     to 1000 of the items' captions (dataset splits have them), else on catalogue items as queries
-    (see `backends.base.RecallProbe`).
+    (see `backends.base.RecallProbe`); workers: audio reader processes (`embed_catalogue`).
     """
+    from hybrid_retrieval.embedding import embed_catalogue
+
+    paths, metadata = catalogue_inputs(model, items)
+    embeddings = embed_catalogue(model, paths, metadata, cache_dir, window_seconds=window_seconds,
+                                 progress=progress, workers=workers)
+    return assemble_index(model, items, paths, metadata, embeddings, checkpoint, source=source, approximate=approximate,
+                          target_recall=target_recall, recall_queries=recall_queries,
+                          window_seconds=window_seconds, progress=progress)
+
+
+def catalogue_inputs(model: RetrievalModel, items: Sequence[CatalogueItem]) -> tuple[list[str], list[str] | None]:
+    """(resolved audio paths, metadata texts or None) of `items`, as the model embeds them: the
+    metadata of the model's kinds for hybrid models (a warning when no item has any)."""
     if not items:
         raise BadInputError("nothing to index: the catalogue has no items")
-    embeddings, columns = _embed_items(model, items, cache_dir, window_seconds, progress)
+    kinds = model.config.metadata if model.uses_metadata else ""
+    metadata = [item.metadata_text(kinds) if kinds else "" for item in items]
+    if kinds and not any(metadata):
+        log.warning("the checkpoint fuses %r metadata but no item has any: items are embedded from audio alone",
+                    kinds)
+    return [str(Path(item.audio_path).resolve()) for item in items], metadata if kinds else None
+
+
+def assemble_index(model: RetrievalModel, items: Sequence[CatalogueItem], paths: list[str],
+                   metadata: list[str] | None, embeddings: Tensor, checkpoint: dict, *, source: str = "", approximate: str | None = None, target_recall: float = 0.95,
+                   recall_queries: Sequence[str] | None = None, window_seconds: float | None = None,
+                   progress: bool = True, identity: dict | None = None) -> SearchIndex:
+    """The index of `items` (with their `catalogue_inputs`) whose embeddings `model` computed
+    (see build_index; a sharded build computes them on several processes). identity: the
+    model's `model_identity`, if the caller has it already (it hashes every weight)."""
+    from hybrid_retrieval.embedding import embed_queries
+
     kinds = model.config.metadata if model.uses_metadata else ""
     info = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "source": source,
-            "size": len(items), "dim": embeddings.shape[1], "model": model_identity(model),
+            "size": len(items), "dim": embeddings.shape[1], "model": identity or model_identity(model),
             "checkpoint": checkpoint, "embedding": {"metadata_kinds": kinds, "window_seconds": window_seconds}}
     if approximate == "ivfpq":
         embeddings = embeddings.half()  # the re-ranking store: half the file, codes do the searching
-    index = SearchIndex(embeddings, [item.item_id for item in items], columns["paths"], columns["metadata"], info,
-                        tags=columns["tags"], descriptions=columns["descriptions"])
+    index = SearchIndex(embeddings, [item.item_id for item in items], paths, metadata or [""] * len(items), info,
+                        **item_columns(items))
     if approximate:
         texts = list(recall_queries or [caption for item in items for caption in item.captions])
         order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(0))[:1000].tolist()

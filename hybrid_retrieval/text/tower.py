@@ -11,15 +11,17 @@ import re
 import unicodedata
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
-from transformers import AutoModel, AutoTokenizer
-from transformers.utils import logging as hf_logging
 
 from hybrid_retrieval.errors import BadInputError, NotFoundError
 from hybrid_retrieval.fingerprint import module_state_hash
 from hybrid_retrieval.outputs import TowerOutput
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 DEFAULT_TEXT_MODEL = "minilm"  # alias of the bundled all-MiniLM-L6-v2 folder
 
@@ -41,6 +43,8 @@ def _quiet_loading() -> Iterator[None]:
     """Hide transformers' per-tensor "Loading weights" bar while reading a local folder: a tower is
     built for every model a script trains, and the read takes well under a second. (Downloads keep
     their bars: the switch is shared with huggingface_hub, so it is only used for local folders.)"""
+    from transformers.utils import logging as hf_logging
+
     enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
@@ -60,21 +64,34 @@ class TextTower(nn.Module):
     """List of strings -> TowerOutput (word-piece tokens, attention mask, pooled embedding)."""
 
     def __init__(self, name_or_path: str = DEFAULT_TEXT_MODEL, max_length: int = 32, pooling: str = "mean",
-                 normalize: bool = True) -> None:
+                 normalize: bool = True, model_config: PretrainedConfig | None = None) -> None:
+        """`model_config`: build the encoder from this transformers config with random weights
+        (e.g. a RoBERTa-large-shaped tower for a dry run, offline) and take only the tokenizer
+        from `name_or_path`; its ids must fit the config's vocabulary."""
         super().__init__()
         if pooling not in ("mean", "cls"):
             raise BadInputError(f"text pooling must be 'mean' or 'cls', not {pooling!r}")
+        from transformers import AutoModel, AutoTokenizer  # here: importing transformers' model code takes seconds
+
         path = resolve_text_model(name_or_path)
         try:
             with _quiet_loading() if Path(path).is_dir() else contextlib.nullcontext():
                 self.tokenizer = AutoTokenizer.from_pretrained(path)
-                self.model = AutoModel.from_pretrained(path)
+                if model_config is None:
+                    self.model = AutoModel.from_pretrained(path)
+                else:
+                    self.model = AutoModel.from_config(model_config)
         except OSError as exc:
             raise NotFoundError(
                 f"cannot load text model {name_or_path!r}: {exc}\nUse a local folder, the bundled default "
                 f"'{DEFAULT_TEXT_MODEL}', or a hub id while online (HF_HUB_OFFLINE unset)."
             ) from exc
+        if model_config is not None and len(self.tokenizer) > model_config.vocab_size:
+            raise BadInputError(f"the tokenizer of {name_or_path!r} has {len(self.tokenizer)} ids, more than the "
+                                f"config's vocabulary of {model_config.vocab_size}")
         self.spec = name_or_path
+        if model_config is not None:
+            self.spec = f"{model_config.model_type} (random init), {name_or_path} tokenizer"
         self.max_length = max_length
         self.pooling = pooling
         self.normalize = normalize
@@ -95,9 +112,15 @@ class TextTower(nn.Module):
         return len(ids), self.tokenizer.decode(used, skip_special_tokens=True)
 
     def forward(self, texts: Sequence[str]) -> TowerOutput:
-        batch = {k: v.to(self.model.device) for k, v in self.tokenize(texts).items()}
-        hidden = self.model(**batch).last_hidden_state
-        mask = batch["attention_mask"].bool()
+        batch = self.tokenize(texts)
+        return self.encode_tokens(batch["input_ids"].to(self.model.device),
+                                  batch["attention_mask"].to(self.model.device))
+
+    def encode_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TowerOutput:
+        """The tower's output for tokenised text (`tokenize`'s tensors): what `forward` computes
+        after tokenising, and what a query encoder exported without the tokeniser runs."""
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.bool()
         if self.pooling == "cls":
             embedding = hidden[:, 0]
         else:

@@ -21,8 +21,12 @@ import torch
 from hybrid_retrieval.config_base import read_json_object
 from hybrid_retrieval.errors import BadInputError, IncompatibleModelError, NotFoundError
 from hybrid_retrieval.hub import atomic_directory, atomic_path
+from hybrid_retrieval.fingerprint import state_hash
 from hybrid_retrieval.model import ModelConfig, RetrievalModel, create_model
+from hybrid_retrieval.projection import Projection
+from hybrid_retrieval.query_model import QueryModel, query_identity
 from hybrid_retrieval.tensorfile import read_safetensors, write_safetensors
+from hybrid_retrieval.text.tower import TextTower
 from hybrid_retrieval.weights_fit import find_misfit
 
 FROZEN_PREFIXES = {"audio": "audio_tower.", "text": "text_tower."}
@@ -82,10 +86,12 @@ def set_rng_state(state: dict[str, torch.Tensor]) -> None:
 
 
 def save_checkpoint(directory: str | Path, model: RetrievalModel, train_config: dict, state: TrainingState,
-                    frozen: tuple[str, ...] | None = None, metrics: dict | None = None) -> Path:
+                    frozen: tuple[str, ...] | None = None, metrics: dict | None = None,
+                    pointer: bool = True) -> Path:
     """Write checkpoint `directory` atomically. `frozen` names towers ("audio", "text") whose
     weights are unchanged pretrained ones (default: the towers `model.freeze` froze): they are
-    stored as fingerprints only."""
+    stored as fingerprints only. `pointer`: also make it the latest of its folder (`latest.json`
+    beside it; an export to a folder of its own leaves it out)."""
     frozen = model.frozen if frozen is None else frozen
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -107,8 +113,9 @@ def save_checkpoint(directory: str | Path, model: RetrievalModel, train_config: 
             tensors.update({f"rng.{k}": v for k, v in (state.rng or {}).items()})
             write_safetensors(tensors, tmp / "optimizer.safetensors", target=directory)
             (tmp / "trainer.json").write_text(json.dumps({"optimizer": meta, "scheduler": state.scheduler}))
-    with atomic_path(directory.parent / "latest.json") as pointer:
-        pointer.write_text(json.dumps({"checkpoint": directory.name, "epoch": state.epoch}))
+    if pointer:
+        with atomic_path(directory.parent / "latest.json") as latest:
+            latest.write_text(json.dumps({"checkpoint": directory.name, "epoch": state.epoch}))
     return directory
 
 
@@ -175,6 +182,13 @@ def _check_fit(directory: Path, model: RetrievalModel, weights: dict[str, torch.
                                  + (f"; config.json's model section shapes it with {shaped_by}" if keys else ""))
 
 
+def _check_frozen(directory: Path, name: str, tower: torch.nn.Module, recorded: dict) -> None:
+    actual = tower.fingerprint()
+    if actual != recorded:
+        raise IncompatibleModelError(f"checkpoint {directory} was trained with a frozen {name} tower {recorded} but the "
+                                     f"tower rebuilt here differs ({actual}); point to the same pretrained weights")
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
                     audio_weights: str | None = None) -> tuple[RetrievalModel, dict]:
     """Rebuild the model of a checkpoint; returns (model, config.json contents).
@@ -192,11 +206,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu",
     model = create_model(model_config, pretrained="audio" in frozen or bool(train.get("audio_pretrained", False)),
                          audio_weights=audio_weights or train.get("audio_weights"))
     for name, recorded in frozen.items():
-        tower = model.audio_tower if name == "audio" else model.text_tower
-        actual = tower.fingerprint()
-        if actual != recorded:
-            raise IncompatibleModelError(f"checkpoint {directory} was trained with a frozen {name} tower {recorded} but the "
-                             f"tower rebuilt here differs ({actual}); point to the same pretrained weights")
+        _check_frozen(directory, name, model.audio_tower if name == "audio" else model.text_tower, recorded)
     skip = tuple(FROZEN_PREFIXES[name] for name in frozen)
     _check_fit(directory, model, weights, skip)
     model.load_state_dict(weights, strict=False)
@@ -228,3 +238,50 @@ def load_training_state(path: str | Path) -> TrainingState:
     except (KeyError, ValueError, TypeError, AttributeError) as exc:
         raise BadInputError(f"checkpoint {directory}: its training state (config.json, trainer.json, "
                             f"optimizer.safetensors) is incomplete or damaged ({exc!r})") from exc
+
+
+QUERY_PREFIXES = ("text_tower.", "text_proj.")  # the parts of a checkpoint a text query needs
+
+
+def checkpoint_query_identity(path: str | Path) -> dict:
+    """`query_model.query_identity` of a checkpoint, read from its files without building a
+    model: the recorded fingerprint of a frozen text tower (`load_query_model` checks it against
+    the tower when one is built) or the hash of its saved weights, and the query projection's.
+    Reads config.json and only those tensors of model.safetensors."""
+    directory = find_checkpoint(path)
+    config, model_config = read_checkpoint_config(directory)
+    frozen_text = config.get("frozen_towers", {}).get("text")
+    weights = read_safetensors(directory / "model.safetensors", QUERY_PREFIXES[1:] if frozen_text else QUERY_PREFIXES)
+
+    def part(prefix: str) -> str:
+        tensors = {name[len(prefix):]: value for name, value in weights.items() if name.startswith(prefix)}
+        if not tensors:
+            raise IncompatibleModelError(f"checkpoint {directory}: model.safetensors holds no {prefix}* weights")
+        return state_hash(tensors)
+
+    if frozen_text is not None:
+        if not isinstance(frozen_text.get("text_state"), str):
+            raise BadInputError(f"{directory / 'config.json'}: the frozen text tower's fingerprint has no 'text_state'")
+        text_state = frozen_text["text_state"]
+    else:
+        text_state = part("text_tower.")
+    return query_identity(text_state, part("text_proj."), model_config)
+
+
+def load_query_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[QueryModel, dict]:
+    """The text tower and query projection of a checkpoint (no audio tower, no item encoder), as
+    `load_checkpoint` would rebuild them (a frozen text tower checked against its fingerprint);
+    returns (model in eval mode, config.json contents)."""
+    directory = find_checkpoint(path)
+    config, model_config = read_checkpoint_config(directory)
+    frozen_text = config.get("frozen_towers", {}).get("text")
+    weights = read_safetensors(directory / "model.safetensors", QUERY_PREFIXES)
+    tower = TextTower(model_config.text_encoder, max_length=model_config.text_max_length,
+                      pooling=model_config.text_pooling)
+    if frozen_text is not None:
+        _check_frozen(directory, "text", tower, frozen_text)
+    model = QueryModel(model_config, tower, Projection(tower.embed_dim, model_config.embed_dim, model_config.projection))
+    skip = (FROZEN_PREFIXES["text"],) if frozen_text is not None else ()
+    _check_fit(directory, model, weights, skip)
+    model.load_state_dict(weights, strict=False)
+    return model.requires_grad_(False).eval().to(device), config

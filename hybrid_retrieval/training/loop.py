@@ -23,6 +23,7 @@ from hybrid_retrieval.data.catalogue import usable_items
 from hybrid_retrieval.data.exclusion import drop_freesound_ids, read_freesound_ids
 from hybrid_retrieval.data.items import CatalogueItem, caption_pairs
 from hybrid_retrieval.data.registry import load_split
+from hybrid_retrieval.devices import resolve_device
 from hybrid_retrieval.errors import BadInputError
 from hybrid_retrieval.evaluation import evaluate
 from hybrid_retrieval.hub import remove_orphans, save_or_rescue
@@ -77,12 +78,6 @@ class GlobalBatchSampler(Sampler[list[int]]):
         for b in range(len(self)):
             start = b * size + self.rank * local
             yield order[start:start + local]
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:

@@ -1,0 +1,129 @@
+"""Audio read by worker processes ahead of the tower: the same pieces in the same order as one
+process reads them (so the same outputs, bit for bit), bad files handed out as errors in their
+turn, files the cache holds never read, and one progress count per file."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from hybrid_retrieval.audio import reader as reader_module
+from hybrid_retrieval.audio.io import AudioLoadError, audio_windows
+from hybrid_retrieval.audio.reader import AudioReader
+from hybrid_retrieval.embedding import audio_outputs, embed_audio_files, embed_catalogue
+from hybrid_retrieval.model import create_model
+
+SR = 32_000
+
+
+def _write(path: Path, rate: int, seconds: float, seed: int, subtype: str | None = None) -> Path:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(rate * seconds)) / rate
+    wave = 0.2 * np.sin(2 * np.pi * (200 + 150 * seed) * t) + 0.05 * rng.standard_normal(len(t))
+    sf.write(path, wave.astype(np.float32), rate, subtype=subtype)
+    return path
+
+
+@pytest.fixture(scope="module")
+def mixed_clips(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Clips of mixed rates, lengths and formats (one of 61 s: seven 10-s windows), a file that is
+    not audio, a long file of NaN samples, and a clip shorter than the front end's minimum."""
+    folder = tmp_path_factory.mktemp("mixed")
+    clips = [_write(folder / "a.wav", 44_100, 3.2, 1), _write(folder / "b.flac", 16_000, 25.3, 2),
+             _write(folder / "c.wav", 32_000, 10.0, 3), _write(folder / "d.flac", 48_000, 61.0, 4),
+             _write(folder / "e.ogg", 22_050, 1.5, 5), _write(folder / "f.wav", 8_000, 0.01, 6)]
+    (folder / "broken.wav").write_bytes(b"RIFF nonsense")
+    sf.write(folder / "nan.wav", np.full(SR * 25, np.nan, dtype=np.float32), SR, subtype="FLOAT")
+    return clips[:2] + [folder / "broken.wav"] + clips[2:4] + [folder / "nan.wav"] + clips[4:]
+
+
+def _same(a, b) -> None:
+    if isinstance(a, AudioLoadError):
+        assert type(a) is type(b) and str(a) == str(b)
+        return
+    assert torch.equal(a.tokens, b.tokens) and torch.equal(a.mask, b.mask)
+    assert torch.equal(a.embedding, b.embedding) and torch.equal(a.logits, b.logits)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_workers_embed_exactly_what_one_process_reads(mixed_clips: list[Path], mn04, workers: int,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Long files go out in parts (here of 2 windows: d.flac in 4 parts, the 25-s NaN file in 2,
+    refused once its last part is read); the outputs equal those of the file-by-file reading of
+    `io.audio_windows` in this process, bit for bit."""
+    monkeypatch.setattr(reader_module, "MAX_PIECES_PER_PART", 2)
+    expected = embed_audio_files(mn04, mixed_clips, window_seconds=10.0)
+    with AudioReader(mixed_clips, mn04.window_samples(10.0), workers=workers) as reader:
+        parallel = embed_audio_files(mn04, mixed_clips, window_seconds=10.0, reader=reader)
+    assert [type(out).__name__ for out in expected].count("AudioLoadError") == 2
+    assert "no finite samples" in str(expected[5]) and "not an audio file" in str(expected[2])
+    assert expected[4].tokens.shape[1] == 7 * expected[3].tokens.shape[1]  # seven windows of d.flac
+    for a, b in zip(parallel, expected):
+        _same(a, b)
+
+
+def test_a_reader_drops_files_not_asked_for_and_reads_the_others_on_the_spot(mixed_clips: list[Path], mn04) -> None:
+    """Asked for a subset, in order, plus a file it never queued: each file's pieces are the ones
+    `audio_windows` reads, and each file counts once."""
+    window = mn04.window_samples(10.0)
+    queued = mixed_clips[:5]
+    # f.wav was never queued; broken.wav was, but is asked for after d.flac: both are read on the spot
+    asked = [mixed_clips[1], mixed_clips[4], mixed_clips[7], mixed_clips[2]]
+    with AudioReader(queued, window, workers=1) as reader:
+        failures: dict = {}
+        pieces = list(reader.pieces(asked, failures))
+        assert reader.files_read == 4
+    assert sorted(failures) == [3] and "not an audio file" in str(failures[3])
+    for position, path in enumerate(asked[:3]):
+        mine = [piece for owner, piece in pieces if owner == position]
+        theirs = list(audio_windows(path, window))
+        assert len(mine) == len(theirs) and all(np.array_equal(a.numpy(), b) for a, b in zip(mine, theirs))
+
+
+def test_catalogue_with_workers_and_cache_equals_one_process(mixed_clips: list[Path], tmp_path: Path,
+                                                             offline_weights: Path, capsys: pytest.CaptureFixture) -> None:
+    """embed_catalogue with 2 reader processes equals 0, bit for bit; a second run finds every
+    file in the cache and reads none; a damaged cache shard makes its files computed again
+    (files the reader did not queue: read on the spot), with the same result. The progress bar
+    counts files, with a rate."""
+    torch.manual_seed(0)
+    model = create_model("mn04_minilm", embed_dim=32).eval()
+    paths = [p for i, p in enumerate(mixed_clips) if i not in (2, 5)]  # the usable files
+    one = embed_catalogue(model, paths, workers=0, chunk_size=3, progress=False)
+    cached = embed_catalogue(model, paths, cache_dir=tmp_path, workers=2, chunk_size=3)
+    assert torch.equal(one, cached)
+    bar = capsys.readouterr().err.splitlines()[-1]
+    assert f"{len(paths)}/{len(paths)}" in bar and "file/s" in bar
+
+    reads = []
+    original = reader_module.AudioReader.__init__
+
+    def counting(self, paths, *args, **kwargs):
+        reads.append(list(paths))
+        original(self, paths, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(reader_module.AudioReader, "__init__", counting)
+        assert torch.equal(embed_catalogue(model, paths, cache_dir=tmp_path, workers=2, chunk_size=3, progress=False), one)
+        assert reads[0] == []  # everything came from the cache
+        shard = sorted(tmp_path.rglob("audio/*.safetensors"))[0]
+        with safe_open(str(shard), "pt") as handle:  # altered values under the old checksum: found when read
+            metadata = handle.metadata()
+        save_file({name: value + 1 for name, value in load_file(str(shard)).items()}, str(shard), metadata=metadata)
+        again = embed_catalogue(model, paths, cache_dir=tmp_path, workers=2, chunk_size=3, progress=False)
+        assert reads[1] == []  # the damage shows when the shard is read: its files are read on the spot
+    torch.testing.assert_close(again, one, rtol=0, atol=1e-6)  # recomputed in other batches
+
+
+def test_audio_outputs_reads_in_workers_and_caches(mixed_clips: list[Path], mn04, tmp_path: Path) -> None:
+    paths = mixed_clips[:3]
+    with_workers = audio_outputs(mn04, paths, tmp_path, window_seconds=10.0, workers=2, progress=False)
+    assert with_workers[2] is None  # broken.wav: skipped with a warning
+    direct = embed_audio_files(mn04, paths, window_seconds=10.0)
+    for a, b in zip(with_workers[:2], direct[:2]):
+        torch.testing.assert_close(a.embedding, b.embedding, rtol=0, atol=1e-6)  # through the cache's float32
