@@ -157,7 +157,7 @@ def hub_checkpoint(repo_id: str, revision: str | None = None) -> Path:
     return folder
 
 
-def _checkpoint_folder(spec: str) -> tuple[Path, str]:
+def checkpoint_folder(spec: str) -> tuple[Path, str]:
     """(checkpoint folder, how to find it again) of a released name, Hub id or local path."""
     if spec in RELEASED:
         return released_checkpoint(spec), spec
@@ -187,7 +187,7 @@ def load_retrieval_model(spec: str | Path, device: str | torch.device = "cpu",
     if spec in TRAINING_FREE:
         model = create_model(spec, audio_weights=audio_weights).freeze(audio=True, text=True)
         return model.eval().to(device), {"path": spec, "epoch": None, "step": None}
-    directory, path = _checkpoint_folder(spec)
+    directory, path = checkpoint_folder(spec)
     model, config = load_checkpoint(directory, device=device, audio_weights=audio_weights)
     return model.eval(), {"path": path, "epoch": config.get("epoch"), "step": config.get("step")}
 

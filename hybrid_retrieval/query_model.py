@@ -47,7 +47,7 @@ class QueryModel(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.text_proj.linear.weight.device
+        return next(self.text_tower.parameters()).device
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         text = self.text_tower.encode_tokens(input_ids, attention_mask)

@@ -281,28 +281,32 @@ def _search(args: argparse.Namespace) -> int:
     return 0
 
 
-def _checkpoint_of(index, given: str | None) -> Path:
-    """The checkpoint folder of an index, or `given` (NotFoundError saying to pass --checkpoint
-    when the index's has moved)."""
-    from hybrid_retrieval.training.checkpoint import find_checkpoint
+def _checkpoint_of(index, given: str | None) -> str:
+    """What the index's model is loaded from: its checkpoint (a folder, a released name, a Hub id
+    or a training-free model's name), or `given` (NotFoundError saying to pass --checkpoint when
+    the index's has moved)."""
+    from hybrid_retrieval.models import TRAINING_FREE, checkpoint_folder
 
+    spec = str(given or index.checkpoint)
+    if spec in TRAINING_FREE:
+        return spec
     try:
-        return find_checkpoint(given or index.checkpoint).resolve()
+        return str(checkpoint_folder(spec)[0])
     except NotFoundError as exc:
         if given:
             raise
         raise NotFoundError(f"{exc} (the index's checkpoint has moved? pass --checkpoint)") from exc
 
 
-def _index_model(index, checkpoint: Path, device: str):
+def _index_model(index, checkpoint: str, device: str):
     """The whole model of `index` (audio tower and item encoder), loaded from `checkpoint` and
     refused unless it is the model that embedded the index's items."""
-    model, _ = open_checkpoint(str(checkpoint), device)
+    model, _ = open_checkpoint(checkpoint, device)
     index.check_model(model)
     return model
 
 
-def _search_audio(args: argparse.Namespace, index, checkpoint: Path, clips: list[Path], where) -> int:
+def _search_audio(args: argparse.Namespace, index, checkpoint: str, clips: list[Path], where) -> int:
     """Query by example: the whole model is loaded and checked."""
     model = _index_model(index, checkpoint, args.device)
     for clip, given in zip(clips, args.audio):

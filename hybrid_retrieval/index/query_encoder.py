@@ -184,19 +184,19 @@ def open_query_encoder(index: SearchIndex, checkpoint: str | Path | None = None,
     moved), checked against the index: IncompatibleModelError naming what differs otherwise.
     An ONNX export from the cache where one is (and `device` is auto or cpu), else the query half
     of the checkpoint (its export is then cached for the next search)."""
+    from hybrid_retrieval.models import TRAINING_FREE, checkpoint_folder, load_retrieval_model
     from hybrid_retrieval.query_model import QueryModel
-    from hybrid_retrieval.training.checkpoint import checkpoint_query_identity, find_checkpoint, load_query_model
+    from hybrid_retrieval.training.checkpoint import checkpoint_query_identity, load_query_model
 
-    directory = find_checkpoint(checkpoint or index.checkpoint)
-    identity = checkpoint_query_identity(directory) if index.query_identity is not None else None
+    spec = str(checkpoint or index.checkpoint)
     torch_device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                                 "cpu" if device == "auto" else device)
-    if identity is None:  # an index from before the query identity was recorded: the whole model, checked whole
-        from hybrid_retrieval.training.checkpoint import load_checkpoint
-
-        model, _ = load_checkpoint(directory, device=torch_device)
+    directory = None if spec in TRAINING_FREE else checkpoint_folder(spec)[0]
+    identity = checkpoint_query_identity(directory) if directory and index.query_identity is not None else None
+    if identity is None:  # a training-free model (no files), or an index from before the query identity was
+        model, _ = load_retrieval_model(spec, torch_device)  # recorded: the whole model, checked whole
         index.check_model(model)
-        return QueryModel.of(model.eval())
+        return QueryModel.of(model)
     index.check_query_model(identity)
     fast = device in ("auto", "cpu") and fast_search_available()
     if fast and (encoder := cached_encoder(identity)) is not None:
