@@ -68,19 +68,17 @@ class RowIds:
 
     def __init__(self, rows: Tensor) -> None:
         self.rows = rows.long()
+        self.live = int((self.rows >= 0).sum())  # ids not removed: kept, as every search asks
 
     @classmethod
     def fresh(cls, n: int) -> RowIds:
         return cls(torch.arange(n))
 
-    @property
-    def live(self) -> int:
-        return int((self.rows >= 0).sum())
-
     def add(self, start: int, count: int) -> Tensor:
         """Ids for the new rows start..start+count-1."""
         ids = torch.arange(len(self.rows), len(self.rows) + count)
         self.rows = torch.cat([self.rows, torch.arange(start, start + count)])
+        self.live += count
         return ids
 
     def remove(self, rows: Sequence[int]) -> Tensor:
@@ -91,6 +89,7 @@ class RowIds:
         gone = live & removed[self.rows.clamp(min=0)]
         shift = torch.cumsum(removed.long(), 0)  # removed rows at or before each row
         self.rows = torch.where(live & ~gone, self.rows - shift[self.rows.clamp(min=0)], -1)
+        self.live -= int(gone.sum())
         return torch.nonzero(gone)[:, 0]
 
     def to_rows(self, ids: Tensor) -> Tensor:
