@@ -628,7 +628,7 @@ def run_benchmarks(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker", nargs=2, metavar=("KIND", "JSON"), help=argparse.SUPPRESS)
     parser.add_argument("--only", default="embed,text,search,train,load,catalogue,coldstart",
                         help="comma-separated subset of embed,text,search,train,load,catalogue,coldstart,scale "
-                             "(scale: about an hour at 10M items)")
+                             "(scale: about 20 min at 10M items on 2 cores)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per measurement (CPU)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the embedding variants")
