@@ -6,12 +6,21 @@ long text (item names, paths, descriptions) goes into uint8 tensors of UTF-8 JSO
 because safetensors caps its header at 100 MB, which a large catalogue's names can pass. Files
 are written beside their target and renamed into place (`hub.atomic_path`), so a reader finds
 the previous complete file or the new one, never a half-written file.
+
+Large tensors (an index's embeddings) can be read memory-mapped (`load_tensor_file(mapped=...)`):
+the safetensors layout is an 8-byte header length, the JSON header (each tensor's dtype, shape
+and byte range), then the tensors' bytes, so a tensor is a numpy memmap at its offset; pages are
+read from disk when touched and the kernel may drop them again, so a store larger than memory can
+be searched.
 """
 from __future__ import annotations
 
 import json
+import struct
+from collections.abc import Collection
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
@@ -21,6 +30,9 @@ from hybrid_retrieval.errors import BadInputError, NotFoundError
 from hybrid_retrieval.hub import UnwritableError, atomic_path, check_space
 
 HEADER_KEY = "header"
+_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "BF16": None, "U8": np.uint8,
+           "I64": np.int64, "I32": np.int32}
+_FINITE_CHUNK = 1 << 16  # rows checked at once for NaN (bounds the temporary copies)
 
 
 def json_tensor(value: object) -> Tensor:
@@ -55,9 +67,11 @@ def save_tensor_file(path: str | Path, tensors: dict[str, Tensor], header: dict)
     return path
 
 
-def check_rows(embeddings: Tensor, names: dict[str, object]) -> None:
+def check_rows(embeddings: Tensor, names: dict[str, object], scan: bool = True) -> None:
     """Refuse (BadInputError) embeddings that are not a finite (rows, dim) float matrix, or lists
-    of names (`names`: what they are called -> the value read) that are not one string per row."""
+    of names (`names`: what they are called -> the value read) that are not one string per row.
+    scan: whether to read every value for NaN (in chunks, so a memory-mapped matrix is not copied
+    whole); a caller that skips it checks what it reads instead (`nonfinite_row`)."""
     if embeddings.dim() != 2 or not embeddings.is_floating_point():
         raise BadInputError(f"its embeddings are a {embeddings.dtype} tensor of shape {tuple(embeddings.shape)}, "
                             "not an (items, dim) float matrix")
@@ -67,7 +81,10 @@ def check_rows(embeddings: Tensor, names: dict[str, object]) -> None:
             raise BadInputError(f"its {name} are not a list of strings")
         if len(values) != rows:
             raise BadInputError(f"it has {len(values)} {name} for {rows} embedding rows")
-    bad = (~torch.isfinite(embeddings).all(dim=1)).nonzero().flatten().tolist()
+    if not scan:
+        return
+    bad = [start + int(row) for start in range(0, rows, _FINITE_CHUNK)
+           for row in (~torch.isfinite(embeddings[start:start + _FINITE_CHUNK]).all(dim=1)).nonzero().flatten()]
     if bad:
         first = next(iter(names.values()))[bad[0]] if names else bad[0]
         raise BadInputError(f"{len(bad)} of its embeddings hold NaN or infinite values (first: {first!r})")
@@ -90,10 +107,12 @@ def read_safetensors(path: str | Path, prefixes: tuple[str, ...] | None = None) 
         raise BadInputError(f"{path} is damaged or truncated ({size} bytes; safetensors: {exc})") from exc
 
 
-def load_tensor_file(path: str | Path, fmt: str, what: str, hint: str = "") -> tuple[dict, dict[str, Tensor]]:
+def load_tensor_file(path: str | Path, fmt: str, what: str, hint: str = "",
+                     mapped: Collection[str] = ()) -> tuple[dict, dict[str, Tensor]]:
     """(header, tensors) of a file `save_tensor_file` wrote with header format `fmt`.
 
-    what: how to name the file in errors ("index"); hint: what to do when it is missing.
+    what: how to name the file in errors ("index"); hint: what to do when it is missing;
+    mapped: tensors to map from the file instead of reading (`mapped_tensors`).
     Missing: NotFoundError; unreadable, damaged or of another format: BadInputError.
     """
     path = Path(path)
@@ -109,7 +128,32 @@ def load_tensor_file(path: str | Path, fmt: str, what: str, hint: str = "") -> t
             if header.get("format") != fmt:
                 raise BadInputError(f"{path} is not a hybrid_retrieval {what} (format {header.get('format')!r}, "
                                     f"expected {fmt!r})")
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+            names = list(handle.keys())
+            tensors = {name: handle.get_tensor(name) for name in names if name not in mapped}
+        tensors.update(mapped_tensors(path, [name for name in names if name in mapped]))
     except (SafetensorError, OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BadInputError(f"{path} is not a readable {what}: {exc}") from exc
     return header, tensors
+
+
+def mapped_tensors(path: str | Path, names: Collection[str]) -> dict[str, Tensor]:
+    """Tensors `names` of the safetensors file `path`, memory-mapped (copy-on-write: writing to
+    one changes this process's copy, never the file). The file is expected to have passed
+    `safe_open`, which checks that its header's byte ranges fit the file."""
+    with open(path, "rb") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        layout = json.loads(handle.read(length))
+    out = {}
+    for name in names:
+        entry = layout[name]
+        dtype = _DTYPES.get(entry["dtype"])
+        if dtype is None:
+            raise BadInputError(f"{path}: tensor {name!r} is {entry['dtype']}, which cannot be mapped")
+        begin, end = entry["data_offsets"]
+        shape = tuple(entry["shape"])
+        if not shape or 0 in shape:  # numpy cannot map zero bytes
+            out[name] = torch.zeros(shape, dtype=torch.from_numpy(np.zeros(0, dtype)).dtype)
+            continue
+        array = np.memmap(path, dtype=dtype, mode="c", offset=8 + length + begin, shape=shape)
+        out[name] = torch.from_numpy(array)
+    return out

@@ -4,6 +4,7 @@ torch as the fallback. And the front end's sparse mel product against the dense 
 from __future__ import annotations
 
 import copy
+import ctypes
 import logging
 import sys
 import threading
@@ -260,3 +261,22 @@ def test_sparse_mel_product_equals_the_dense_formula() -> None:
         torch.manual_seed(5)
         banks = frontend._banks()
         torch.testing.assert_close(got, torch.matmul(banks, power), atol=1e-5, rtol=1e-6)
+
+
+
+def _signal_stack() -> tuple:
+    libc = ctypes.CDLL(None, use_errno=True)
+    stack = runtime._SignalStack()
+    assert libc.sigaltstack(None, ctypes.byref(stack)) == 0
+    return stack.ss_sp, stack.ss_flags, stack.ss_size
+
+
+def test_an_openvino_compile_leaves_the_signal_stack_as_it_was(random_tower: AudioTower, private_cache: Path) -> None:
+    """OpenVINO's CPU plugin installs an alternate signal stack when it compiles a model and later
+    frees it, still installed: the next signal Python handled (a finished subprocess, with torch's
+    DataLoader SIGCHLD handler) killed the process. The runtime puts the old one back."""
+    before = _signal_stack()
+    random_tower.runtime = "openvino"
+    random_tower.embed_waveforms(_clips()[:1])
+    assert isinstance(random_tower.inference_runner(), RuntimeTower)
+    assert _signal_stack() == before

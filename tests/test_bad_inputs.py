@@ -1,7 +1,7 @@
 """Bad input through every command-line surface, table-driven.
 
 Each case prepares its input (a damaged copy of a good checkpoint, index, model, CSV, ...), runs one
-surface (`hybrid-retrieval tag | index build | index info | search | similar | predict | classify |
+surface (`hybrid-retrieval tag | index build | index info | index add | index remove | search | similar | predict | classify |
 rank-text | embed`, `scripts/eval_map10.py`, `scripts/make_synthmusic.py`, `scripts/bench.py` in-process;
 `scripts/train.py` as a process)
 and checks: the exit status, exactly one error line naming the file or value (no traceback), and,
@@ -389,7 +389,39 @@ CASES = [
          ("damaged index", "1 of its embeddings hold NaN", "'low.wav'")),
     Case("info corrupt FAISS blob", lambda w, t: ["index", "info", str(faiss_index_with_damaged_blob(w, t))], 2,
          ("{tmp}/faiss.index is a damaged index", "FAISS index cannot be read")),
+    # ---- index add / remove
+    Case("add with another checkpoint", lambda w, t: ["index", "add", str(_copy(w.index, t / "c.index")),
+                                                      str(_tone(t / "new.wav", 900.0)), "--checkpoint",
+                                                      str(_other_checkpoint(t))], 2,
+         ("built with checkpoint", "rebuild the index")),
+    Case("add a missing file", lambda w, t: ["index", "add", str(_copy(w.index, t / "c.index")), str(t / "no.wav")],
+         2, ("audio file not found: {tmp}/no.wav",)),
+    Case("add to a missing index", lambda w, t: ["index", "add", str(t / "no.index"), str(w.clips / "low.wav")], 2,
+         ("no index at {tmp}/no.index",)),
+    Case("add only unusable files", lambda w, t: ["index", "add", str(_copy(w.index, t / "c.index")),
+                                                  str(csv_file(t, "text.wav", "not audio"))], 2,
+         ("nothing to add",)),
+    Case("add a name the index holds", lambda w, t: ["index", "add", str(_copy(w.index, t / "c.index")),
+                                                     str(w.clips)], 2, ("already holds 3 of these items",)),
+    Case("remove an unknown name", lambda w, t: ["index", "remove", str(_copy(w.index, t / "c.index")),
+                                                 "low.wav", "nothing.wav"], 2, ("not in the index: ['nothing.wav']",)),
+    Case("remove every item", lambda w, t: ["index", "remove", str(_copy(w.index, t / "c.index")),
+                                            "low.wav", "mid.wav", "high.wav"], 2, ("would leave an empty index",)),
+    Case("build ivfpq of three items", lambda w, t: _build(w, t, "--approximate", "ivfpq"), 2,
+         ("IVF-PQ index needs at least 1000 items, not 3",), also=_nothing_written("x.index")),
+    Case("build milvus without a uri", lambda w, t: _build(w, t, "--backend", "milvus"), 2,
+         ("--backend milvus takes --uri",)),
+    Case("build milvus uri not a .db file", lambda w, t: _build(w, t, "--backend", "milvus", "--uri",
+                                                                str(t / "m.sqlite")), 2,
+         ("Milvus URI '{tmp}/m.sqlite' is neither a server",), also=_nothing_written("x.index")),
+    Case("build milvus in a missing folder", lambda w, t: _build(w, t, "--backend", "milvus", "--uri",
+                                                                 str(t / "no" / "m.db")), 2,
+         ("the folder of the Milvus Lite database {tmp}/no/m.db does not exist",), also=_nothing_written("x.index")),
     # ---- search: arguments and queries
+    Case("search bad filter", lambda w, t: ["search", str(w.index), "rain", "--filter", "colour=red"], 2,
+         ("filter clause 'colour=red'",)),
+    Case("search filter with the wrong operator", lambda w, t: ["search", str(w.index), "rain", "--filter", "tag~ra"],
+         2, ("tag takes =",)),
     Case("predict top 0", lambda w, t: _predict(w, t, "--top", "0"), 2, ("--top", "not 0")),
     Case("predict out in a missing folder", lambda w, t: _predict(w, t, "--out", str(t / "no" / "p.csv")), 2,
          ("{tmp}/no",), also=_nothing_written("p.csv")),
@@ -531,6 +563,16 @@ CASES = [
     Case("train config value of the wrong type", lambda w, t: ["train", "with", "synthmusic", "epochs=many"], 2,
          ("TrainConfig key 'epochs' must be int, not 'many'",), env={"HYBRID_RETRIEVAL_RUNS": "{tmp}/runs"}),
 ]
+
+
+def _other_checkpoint(tmp: Path) -> Path:
+    """A checkpoint of another model (other projection weights) than the world's index was built with."""
+    from hybrid_retrieval.model import create_model
+    from hybrid_retrieval.training.checkpoint import TrainingState, save_checkpoint
+
+    torch.manual_seed(5)
+    return save_checkpoint(tmp / "other", create_model("mn04_minilm", embed_dim=32).eval(), {"audio_pretrained": True},
+                           TrainingState(1, 1), frozen=("audio", "text"))
 
 
 def _damaged_pointer(w: World, tmp: Path) -> Path:

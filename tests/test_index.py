@@ -19,7 +19,7 @@ from hybrid_retrieval.index import load_index
 from hybrid_retrieval.index.backends import exact as exact_module
 from hybrid_retrieval.index.backends.base import recall_at_k
 from hybrid_retrieval.index.backends.exact import exact_search
-from hybrid_retrieval.index.backends.faiss_backend import FaissBackend, build_approximate
+from hybrid_retrieval.index.backends.faiss_backend import FaissBackend
 from hybrid_retrieval.model import create_model
 from hybrid_retrieval.training.checkpoint import TrainingState, save_checkpoint
 
@@ -164,9 +164,11 @@ def test_exact_search_agrees_with_faiss_across_chunks(monkeypatch: pytest.Monkey
     assert exact_search(index.embeddings[:3], queries, 10)[1].shape == (7, 3)  # k above the catalogue size
 
 
-@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+@pytest.mark.parametrize("kind", ["ivf", "ivfpq", "hnsw"])
 def test_approximate_index_reaches_its_recall_and_round_trips(kind: str, tmp_path: Path) -> None:
     index = _random_index()
+    if kind == "ivfpq":  # codes search, the float16 store re-ranks
+        index = index_module.SearchIndex(index.embeddings.half(), index.ids, index.paths, index.metadata, index.info)
     generator = torch.Generator().manual_seed(1)
 
     def off_catalogue_queries(n: int) -> torch.Tensor:  # near items, but not items (like text queries)
@@ -181,13 +183,14 @@ def test_approximate_index_reaches_its_recall_and_round_trips(kind: str, tmp_pat
     approx = index.search(queries, 10)[1]
     assert recall_at_k(approx, index.search(queries, 10, exact=True)[1]) >= 0.85
 
-    _, self_tuned = build_approximate(index.embeddings, kind, 0.9, progress=False)
-    assert self_tuned["recall_queries"] == {"count": 1000, "kind": "catalogue items"}
-    assert self_tuned["recall@10"] >= 0.9
+    self_tuned = FaissBackend()
+    self_tuned.build(index.embeddings, kind=kind, target_recall=0.9, progress=False)
+    assert self_tuned.settings["recall_queries"] == {"count": 1000, "kind": "catalogue items"}
+    assert self_tuned.settings["recall@10"] >= 0.9
 
     index_module.save_index(index, tmp_path / "a.index")
     loaded = load_index(tmp_path / "a.index")
-    assert loaded.info["search"] == settings
+    assert loaded.info["search"] == settings and loaded.embeddings.dtype == index.embeddings.dtype
     assert torch.equal(loaded.search(queries, 10)[1], approx)  # the tuned setting travels with the index
 
 

@@ -43,6 +43,11 @@ sides alike. Results go to stdout and to --out (JSON and Markdown); every row na
    built and its export written), and for an index without a query identity (the whole model
    loaded and its weights hashed, as every search did before); and each split into import
    (the modules of the command), load (index, checkpoint check, query encoder) and query.
+7. scale (only when asked: `--only scale`; `scale_bench`): a 10M-item catalogue of structured
+   vectors as a float16 store on disk (written under --scale-dir, deleted afterwards) searched
+   through an IVF-PQ index with exact re-ranking from the memory-mapped store: build time,
+   recall@10 against exact search and single-query rate over a grid of nprobe and re-ranking
+   depths, the memory of each step, and the time to add and remove items against the rebuild.
 """
 from __future__ import annotations
 
@@ -56,7 +61,9 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -106,20 +113,27 @@ def _rate(fn, units: int, device: str, min_seconds: float = 4.0, max_calls: int 
     return calls * units / (time.perf_counter() - start)
 
 
-def _unit_vectors(n: int, dim: int, seed: int, structured: bool) -> torch.Tensor:
-    """n random unit vectors, made in chunks (memory stays at the result). structured: near a
-    random 16-dimensional subspace (a fixed linear map of 16-d Gaussian codes, plus isotropic noise
-    of 0.3 of a code's length), so that neighbourhoods are continuous and cross the IVF cells, as
-    learned embeddings' do; uniform random vectors (IVF's worst case) otherwise."""
+def unit_vector_chunks(n: int, dim: int, seed: int, structured: bool) -> Iterator[torch.Tensor]:
+    """`_unit_vectors` in chunks of up to 65,536 rows, so that a store larger than memory can be
+    written chunk by chunk (the same vectors as `_unit_vectors`)."""
     generator = torch.Generator().manual_seed(seed)
     basis = torch.randn(16, dim, generator=torch.Generator().manual_seed(99)) / 4.0
-    out = torch.empty(n, dim)
     for start in range(0, n, 1 << 16):
         rows = min(1 << 16, n - start)
         x = torch.randn(rows, dim, generator=generator)
         if structured:
             x = torch.randn(rows, 16, generator=generator) @ basis + 0.3 / dim ** 0.5 * x
-        out[start:start + rows] = torch.nn.functional.normalize(x, dim=1)
+        yield torch.nn.functional.normalize(x, dim=1)
+
+
+def _unit_vectors(n: int, dim: int, seed: int, structured: bool) -> torch.Tensor:
+    """n random unit vectors, made in chunks (memory stays at the result). structured: near a
+    random 16-dimensional subspace (a fixed linear map of 16-d Gaussian codes, plus isotropic noise
+    of 0.3 of a code's length), so that neighbourhoods are continuous and cross the IVF cells, as
+    learned embeddings' do; uniform random vectors (IVF's worst case) otherwise."""
+    out = torch.empty(n, dim)
+    for start, chunk in zip(range(0, n, 1 << 16), unit_vector_chunks(n, dim, seed, structured)):
+        out[start:start + len(chunk)] = chunk
     return out
 
 
@@ -131,18 +145,19 @@ def measure_search(backend: str, n: int, dim: int, device: str, structured: bool
     queries = _unit_vectors(1200, dim, 1, structured)
     result: dict = {}
     if backend == "ivf":
-        from hybrid_retrieval.index.backends.faiss_backend import build_approximate
+        from hybrid_retrieval.index.backends.faiss_backend import FaissBackend
 
         started = time.perf_counter()
-        index, settings = build_approximate(items, "ivf", 0.95, queries[:200], progress=False)
+        index = FaissBackend()
+        index.build(items, kind="ivf", target_recall=0.95, queries=queries[:200], progress=False)
         result["build_s"] = round(time.perf_counter() - started, 1)
-        result["setting"] = f"{settings['factory']}, {settings['parameter']}={settings['value']}"
+        result["setting"] = f"{index.settings['factory']}, {index.settings['parameter']}={index.settings['value']}"
         held_out = queries[200:400]
-        found = torch.from_numpy(index.search(held_out.numpy(), 10)[1])
+        found = index.search(held_out, 10)[1]
         result["recall@10"] = round(recall_at_k(found, exact_search(items, held_out, 10)[1]), 4)
 
         def search(q: torch.Tensor) -> None:
-            index.search(q.numpy(), 10)
+            index.search(q, 10)
     elif backend == "faiss":  # FAISS's brute-force kernel (IndexFlatIP's), without copying the items
         import faiss
 
@@ -317,7 +332,7 @@ def measure_catalogue(variant: str, device: str, folder: str, count: int, window
                                     window_seconds=window_seconds, progress=False, workers=workers)
                 save_index(index, Path(tmp) / "bench.index")
     run()  # warm-up: oneDNN builds its kernels for each new input shape on first use
-    setup_rss = _rss_mb()
+    setup_rss = rss_mb()
     _sync(device)
     start = time.perf_counter()
     run()
@@ -375,6 +390,7 @@ MEASUREMENTS = {"embed": "hybrid_retrieval.experiments.embed_speed:measure_audio
                 "text": "hybrid_retrieval.experiments.embed_speed:measure_text", "search": measure_search,
                 "train": measure_train, "load": measure_load, "embed_file": measure_embed_file,
                 "catalogue": measure_catalogue, "coldstart": prepare_coldstart,
+                "scale": "hybrid_retrieval.experiments.scale_bench:measure_scale",
                 "dryrun_loader": "hybrid_retrieval.experiments.dryrun:measure_loader",
                 "dryrun_step": "hybrid_retrieval.experiments.dryrun:measure_step"}
 
@@ -611,7 +627,8 @@ def run_benchmarks(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--worker", nargs=2, metavar=("KIND", "JSON"), help=argparse.SUPPRESS)
     parser.add_argument("--only", default="embed,text,search,train,load,catalogue,coldstart",
-                        help="comma-separated subset of embed,text,search,train,load,catalogue,coldstart")
+                        help="comma-separated subset of embed,text,search,train,load,catalogue,coldstart,scale "
+                             "(scale: about 20 min at 10M items on 2 cores)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per measurement (CPU)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the embedding variants")
@@ -626,6 +643,10 @@ def run_benchmarks(argv: list[str] | None = None) -> int:
                         help="batch sizes of the text embedding benchmark (comma-separated)")
     parser.add_argument("--sizes", default="10000,100000,1000000", help="catalogue sizes of the search benchmark")
     parser.add_argument("--dim", type=int, default=1024, help="embedding size (default: the models' 1024)")
+    parser.add_argument("--scale-items", type=int, default=10_000_000, help="catalogue size of the scale benchmark")
+    parser.add_argument("--scale-added", type=int, default=10_000, help="items added and removed by its update step")
+    parser.add_argument("--scale-dir", default=tempfile.gettempdir(),
+                        help="where its float16 store is written (2 bytes x d x items; deleted afterwards)")
     parser.add_argument("--synthmusic", default="data/synthmusic", help="SynthMusic root of the training benchmark")
     parser.add_argument("--train-items", type=int, default=128, help="clips the frozen mode caches")
     parser.add_argument("--train-steps", type=int, default=3, help="timed steps per mode (after one warm-up)")
@@ -659,11 +680,13 @@ def run_benchmarks(argv: list[str] | None = None) -> int:
                 "train": ("Training step time (SynthMusic)", bench_train),
                 "load": ("Long recordings: windowed reading and embedding", bench_load),
                 "catalogue": ("From files to index: end to end against the tower alone (files/s)", bench_catalogue),
-                "coldstart": ("Text search from a cold start", bench_coldstart)}
+                "coldstart": ("Text search from a cold start", bench_coldstart),
+                "scale": ("Search at scale: IVF-PQ with re-ranking from a float16 store on disk",
+                          "hybrid_retrieval.experiments.scale_bench:bench_scale")}
     tables = {}
     for name in args.only.split(","):
         title, bench = sections[name]
-        tables[title] = bench(args)
+        tables[title] = (import_object(bench) if isinstance(bench, str) else bench)(args)
     info["load_after"] = [round(x, 2) for x in os.getloadavg()]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,10 @@
-"""`hybrid-retrieval index build|info` and `hybrid-retrieval search`: embed a catalogue once, search it often.
+"""`hybrid-retrieval index build|info|add|remove` and `hybrid-retrieval search`: embed a catalogue
+once, search it often.
 
     hybrid-retrieval index build AUDIO_DIR_OR_DATASET --checkpoint runs/1 --out catalogue.index
-    hybrid-retrieval search catalogue.index "a dog barks in the rain" --top 10
+    hybrid-retrieval search catalogue.index "a dog barks in the rain" --top 10 [--filter tag=rain]
+    hybrid-retrieval index add catalogue.index new_clips/ one.wav
+    hybrid-retrieval index remove catalogue.index old.wav
 
 AUDIO_DIR_OR_DATASET is a folder (its audio files, searched recursively) or a dataset split
 DATASET:ROOT:SPLIT such as synthmusic:data/synthmusic:evaluation; see data.catalogue.
@@ -13,16 +16,26 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import shutil
 import sys
+import time
 from pathlib import Path
 
 from hybrid_retrieval.errors import BadInputError, NotFoundError
-from hybrid_retrieval.terminal import at_least_one, at_least_zero, check_queries, printable, readable_file, recall, window_length
+from hybrid_retrieval.terminal import (
+    at_least_one,
+    at_least_zero,
+    check_queries,
+    printable,
+    readable_file,
+    recall,
+    window_length,
+)
 
 
 def add_index_commands(sub: argparse._SubParsersAction) -> None:
-    """Register `index` (build, info) and `search` on the main parser's sub-commands."""
+    """Register `index` (build, info, add, remove) and `search` on the main parser's sub-commands."""
     index = sub.add_parser("index", help="build or inspect a search index of an audio catalogue")
     actions = index.add_subparsers(dest="index_command", required=True)
 
@@ -37,8 +50,17 @@ def add_index_commands(sub: argparse._SubParsersAction) -> None:
     build.add_argument("--metadata", default=None,
                        help="metadata CSV for hybrid checkpoints: a file_name column and any of keywords "
                             "(';'-separated), closed_tags, description (Clotho layout)")
-    build.add_argument("--approximate", choices=["ivf", "hnsw"], default=None,
-                       help="also build an approximate FAISS index (for large catalogues); search uses it")
+    build.add_argument("--approximate", choices=["ivf", "ivfpq", "hnsw"], default=None,
+                       help="also build an approximate FAISS index (for large catalogues); search uses it. "
+                            "ivfpq: compressed codes in memory, float16 vectors on disk to re-rank with")
+    build.add_argument("--backend", choices=["milvus"], default=None,
+                       help="search in a Milvus vector database instead (vectors, names, tags, descriptions)")
+    build.add_argument("--uri", default=None,
+                       help="with --backend milvus: a server (http://host:19530) or a Milvus Lite file (*.db)")
+    build.add_argument("--collection", default=None,
+                       help="with --backend milvus: the collection (default: from --out's name; replaced)")
+    build.add_argument("--milvus-index", default="FLAT", choices=["FLAT", "IVF_FLAT", "HNSW", "AUTOINDEX"],
+                       help="with --backend milvus: Milvus's vector index (default FLAT, exact)")
     build.add_argument("--target-recall", type=recall, default=0.95,
                        help="recall@10 against exact search the approximate index is tuned to (default 0.95)")
     build.add_argument("--recall-queries", default=None,
@@ -61,6 +83,24 @@ def add_index_commands(sub: argparse._SubParsersAction) -> None:
     info.add_argument("--json", action="store_true", help="print the index's header as JSON")
     info.set_defaults(func=_info)
 
+    add = actions.add_parser("add", help="embed more audio files into an index (the file is replaced atomically)")
+    add.add_argument("index", help="index file")
+    add.add_argument("sources", nargs="+", metavar="FILE_OR_DIR",
+                     help="audio files, or folders (recursive); named relative to the index's folder when inside it")
+    add.add_argument("--checkpoint", default=None,
+                     help="the index's checkpoint, if it has moved (another model is refused)")
+    add.add_argument("--metadata", default=None, help="metadata CSV for hybrid checkpoints (as index build)")
+    add.add_argument("--cache-dir", default=None, help="feature cache of the towers' outputs")
+    add.add_argument("--workers", type=at_least_zero, default=None,
+                     help="audio reader processes, as index build's (default: the cores less one, at most 8)")
+    add.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    add.set_defaults(func=_add)
+
+    remove = actions.add_parser("remove", help="remove items from an index (the file is replaced atomically)")
+    remove.add_argument("index", help="index file")
+    remove.add_argument("names", nargs="+", metavar="NAME", help="item names, as search prints them")
+    remove.set_defaults(func=_remove)
+
     search = sub.add_parser("search", help="rank an index's items for text queries or example clips")
     search.add_argument("index", help="index file (from `hybrid-retrieval index build`)")
     search.add_argument("queries", nargs="*", metavar="QUERY", help="one or more text queries")
@@ -72,6 +112,9 @@ def add_index_commands(sub: argparse._SubParsersAction) -> None:
     search.add_argument("--checkpoint", default=None,
                         help="the index's checkpoint, if it has moved (verified against the index)")
     search.add_argument("--exact", action="store_true", help="exact search even if the index has an approximate part")
+    search.add_argument("--filter", default=None, metavar="FILTER",
+                        help="only items matching: tag=rain, name=x.wav, name~dog, description~dog; "
+                             "comma-separated clauses must all hold")
     search.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     search.set_defaults(func=_search)
 
@@ -115,12 +158,18 @@ def _build_index(args: argparse.Namespace, sharded: bool) -> int:
     from hybrid_retrieval.index.sharded import build_index_sharded, shard_folder
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if (args.backend == "milvus") != bool(args.uri) or (args.backend and args.approximate):
+        raise BadInputError("--backend milvus takes --uri (and no --approximate); --uri needs --backend milvus")
     main = distributed.is_main_process()
     check_writable(args.out)  # the outputs are checked before anything is loaded or embedded
     if args.cache_dir:
         check_writable(args.cache_dir, directory=True)
     if sharded:
         check_writable(shard_folder(args.out), directory=True)
+    if args.backend:
+        from hybrid_retrieval.index.backends.milvus_backend import resolve_uri
+
+        args.uri = resolve_uri(args.uri)
     model, checkpoint = open_checkpoint(args.checkpoint, args.device)
     window_seconds = model.audio_tower.default_window_seconds if args.window_seconds is None else args.window_seconds
     items = recall_queries = None
@@ -141,6 +190,9 @@ def _build_index(args: argparse.Namespace, sharded: bool) -> int:
             return 0
     else:
         index = build_index(model, items, checkpoint, **options)
+    if args.backend:
+        index.use_backend("milvus", uri=args.uri, collection=args.collection or _collection_name(args.out),
+                          index_type=args.milvus_index)
     save_or_rescue(lambda path: save_index(index, path), args.out, f"the index of {len(index)} embedded items")
     if sharded:
         shutil.rmtree(shard_folder(args.out), ignore_errors=True)
@@ -150,9 +202,28 @@ def _build_index(args: argparse.Namespace, sharded: bool) -> int:
     return 0
 
 
+def _collection_name(index_file: str) -> str:
+    """A Milvus collection name from an index file's name: letters, digits and underscores."""
+    name = re.sub(r"\W", "_", Path(index_file).stem, flags=re.ASCII)
+    return name if re.match(r"[A-Za-z_]", name) else f"index_{name}"
+
+
 def _print_search(settings: dict) -> None:
     if settings["backend"] == "torch":
         print("search: exact")
+        return
+    if settings["backend"] == "milvus":
+        recall = (f", recall@10 {settings['recall@10']:.3f} against exact search on "
+                  f"{settings['recall_queries']['count']} {settings['recall_queries']['kind']}"
+                  if "recall@10" in settings else " (exact)")
+        print(f"search: Milvus collection {printable(settings['collection'])} at {printable(settings['uri'])}, "
+              f"{settings['index_type']} index{recall}")
+        return
+    if settings["kind"] == "ivfpq":
+        nprobe, rerank = settings["value"]
+        print(f"approximate: {settings['factory']} with nprobe={nprobe}, re-ranking {rerank}k candidates: "
+              f"recall@10 {settings['recall@10']:.3f} against exact search on {settings['recall_queries']['count']} "
+              f"{settings['recall_queries']['kind']} (target {settings['target_recall']})")
         return
     print(f"approximate: {settings['factory']} with {settings['parameter']}={settings['value']}: "
           f"recall@10 {settings['recall@10']:.3f} against exact search on {settings['recall_queries']['count']} "
@@ -179,6 +250,7 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _search(args: argparse.Namespace) -> int:
+    from hybrid_retrieval.index.filters import ItemFilter
     from hybrid_retrieval.index.store import load_index
 
     if args.audio and args.queries:
@@ -186,6 +258,7 @@ def _search(args: argparse.Namespace) -> int:
     if not args.audio and not args.queries:
         raise BadInputError("give one or more text queries, or --audio CLIP")
     check_queries(args.queries)
+    where = ItemFilter.parse(args.filter) if args.filter is not None else None
     clips = [readable_file(clip, "audio file") for clip in args.audio]
     index = load_index(args.index, require=("model", "checkpoint"))
     try:
@@ -194,7 +267,7 @@ def _search(args: argparse.Namespace) -> int:
         raise BadInputError(f"{args.index} is a damaged index: {exc}") from exc
     checkpoint = _checkpoint_of(index, args.checkpoint)
     if clips:
-        return _search_audio(args, index, checkpoint, clips)
+        return _search_audio(args, index, checkpoint, clips, where)
     from hybrid_retrieval.index.query_encoder import open_query_encoder
 
     encoder = open_query_encoder(index, checkpoint, args.device)
@@ -202,7 +275,7 @@ def _search(args: argparse.Namespace) -> int:
         if cut := encoder.truncation(query):
             print(f"warning: query {number} is {cut[0]} word pieces long; the text tower reads the first "
                   f"{encoder.max_length} of them: {printable(cut[1])!r}", file=sys.stderr)
-    scores, rows = index.search(encoder.encode(args.queries), args.top, exact=args.exact)
+    scores, rows = index.search(encoder.encode(args.queries), args.top, exact=args.exact, filter=where)
     for query, row_scores, row_ids in zip(args.queries, scores, rows):
         _print_results(index, "query", query, row_scores, row_ids, args.json)
     return 0
@@ -225,12 +298,19 @@ def _checkpoint_of(index, given: str | None) -> str:
         raise NotFoundError(f"{exc} (the index's checkpoint has moved? pass --checkpoint)") from exc
 
 
-def _search_audio(args: argparse.Namespace, index, checkpoint: str, clips: list[Path]) -> int:
-    """Query by example: the whole model (audio tower and item encoder) is loaded and checked."""
-    model, _ = open_checkpoint(checkpoint, args.device)
+def _index_model(index, checkpoint: str, device: str):
+    """The whole model of `index` (audio tower and item encoder), loaded from `checkpoint` and
+    refused unless it is the model that embedded the index's items."""
+    model, _ = open_checkpoint(checkpoint, device)
     index.check_model(model)
+    return model
+
+
+def _search_audio(args: argparse.Namespace, index, checkpoint: str, clips: list[Path], where) -> int:
+    """Query by example: the whole model is loaded and checked."""
+    model = _index_model(index, checkpoint, args.device)
     for clip, given in zip(clips, args.audio):
-        scores, rows = index.search_audio(model, clip, args.top, exact=args.exact)
+        scores, rows = index.search_audio(model, clip, args.top, exact=args.exact, filter=where)
         _print_results(index, "audio", given, scores, rows, args.json)
     return 0
 
@@ -245,3 +325,65 @@ def _print_results(index, kind: str, query: str, scores, rows, as_json: bool) ->
     print(f"  {'rank':>4}  {'score':>6}  item")
     for hit in hits:
         print(f"  {hit['rank']:>4}  {hit['score']:6.3f}  {printable(hit['id'])}")
+
+
+def files_to_add(sources: list[str], index_source: str, metadata_csv: str | None = None) -> list:
+    """Catalogue items of audio files and folders to add to an index: named by their path relative
+    to the index's source folder when inside it (as `index build` named its items), else relative
+    to the folder given, or by file name; unusable files are skipped with a warning."""
+    from hybrid_retrieval.data.catalogue import load_catalogue, usable_items
+    from hybrid_retrieval.data.items import CatalogueItem
+
+    base = Path(index_source).resolve() if Path(index_source).is_dir() else None
+    items = []
+    for source in sources:
+        path = Path(source)
+        if path.is_dir():
+            found = load_catalogue(path, metadata_csv)
+        else:
+            readable_file(path, "audio file")
+            found = usable_items([CatalogueItem(path.name, path)], printable(path))
+        for item in found:
+            resolved = Path(item.audio_path).resolve()
+            if base is not None and resolved.is_relative_to(base):
+                item.item_id = resolved.relative_to(base).as_posix()
+        items.extend(found)
+    return items
+
+
+def _add(args: argparse.Namespace) -> int:
+    from hybrid_retrieval.audio.reader import DEFAULT_WORKERS
+    from hybrid_retrieval.hub import check_writable, save_or_rescue
+    from hybrid_retrieval.index import load_index, save_index
+    from hybrid_retrieval.index.search_index import add_items
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    check_writable(args.index)
+    if args.cache_dir:
+        check_writable(args.cache_dir, directory=True)
+    index = load_index(args.index, require=("model", "checkpoint", "embedding", "source"))
+    model = _index_model(index, _checkpoint_of(index, args.checkpoint), args.device)
+    items = files_to_add(args.sources, index.info["source"], args.metadata)
+    started = time.perf_counter()
+    add_items(index, model, items, cache_dir=args.cache_dir,
+              workers=DEFAULT_WORKERS if args.workers is None else args.workers)
+    index.retune()
+    save_or_rescue(lambda path: save_index(index, path), args.index, f"the index of {len(index)} items")
+    print(f"added {len(items)} items to {printable(args.index)} ({len(index)} now) "
+          f"in {time.perf_counter() - started:.1f} s")
+    _print_search(index.info["search"])
+    return 0
+
+
+def _remove(args: argparse.Namespace) -> int:
+    from hybrid_retrieval.hub import check_writable, save_or_rescue
+    from hybrid_retrieval.index import load_index, save_index
+
+    check_writable(args.index)
+    index = load_index(args.index)
+    index.remove(args.names)
+    index.retune()
+    save_or_rescue(lambda path: save_index(index, path), args.index, f"the index of {len(index)} items")
+    print(f"removed {len(set(args.names))} items from {printable(args.index)} ({len(index)} left)")
+    _print_search(index.info["search"])
+    return 0

@@ -1,8 +1,9 @@
-"""Search backends by name: the exact torch search (default) and FAISS (approximate).
+"""Search backends by name: the exact torch search (default), FAISS (approximate) and Milvus
+(a vector database).
 
 Each backend is one module implementing `base.IndexBackend`; the registry maps a name to
-"module:Class" and imports it only when an index uses it, so faiss (an optional dependency) is
-never loaded by code that does not search with it.
+"module:Class" and imports it only when an index uses it, so faiss and pymilvus (optional
+dependencies) are never loaded by code that does not search with them.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from hybrid_retrieval.lazy import import_object
 BACKENDS = {
     "torch": "hybrid_retrieval.index.backends.exact:ExactBackend",
     "faiss": "hybrid_retrieval.index.backends.faiss_backend:FaissBackend",
+    "milvus": "hybrid_retrieval.index.backends.milvus_backend:MilvusBackend",
 }
 DEFAULT_BACKEND = "torch"
 
