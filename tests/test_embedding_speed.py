@@ -2,7 +2,6 @@
 returned in order), and the embedding benchmark's own logic (interleaving, ratios, inputs)."""
 from __future__ import annotations
 
-import statistics
 import sys
 from pathlib import Path
 

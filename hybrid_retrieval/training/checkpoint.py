@@ -20,8 +20,8 @@ import torch
 
 from hybrid_retrieval.config_base import read_json_object
 from hybrid_retrieval.errors import BadInputError, IncompatibleModelError, NotFoundError
-from hybrid_retrieval.hub import atomic_directory, atomic_path
 from hybrid_retrieval.fingerprint import state_hash
+from hybrid_retrieval.hub import atomic_directory, atomic_path
 from hybrid_retrieval.model import ModelConfig, RetrievalModel, create_model
 from hybrid_retrieval.projection import Projection
 from hybrid_retrieval.query_model import QueryModel, query_identity
