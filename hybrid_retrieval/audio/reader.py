@@ -38,9 +38,10 @@ from hybrid_retrieval.audio.io import (
 # Windows per unit of work: a part of a long file is at most this much audio in memory (80 s of
 # 10-s windows; a loader holds two parts per worker ahead), while a clip of a minute is one unit.
 MAX_PIECES_PER_PART = 8
-# Reader processes: what the tower leaves of the machine, at most 8 (a GPU tower needs several to
-# be kept busy; on a CPU the tower's threads and the readers share the cores).
-DEFAULT_WORKERS = max(1, min(8, (os.cpu_count() or 2) - 1))
+# Reader processes: the cores less two, at most 8 (a GPU tower needs several to be kept busy; on a
+# CPU the tower's threads and the readers share the cores: on 2 cores, reading in the main process
+# was the fastest, see BENCHMARKS.md).
+DEFAULT_WORKERS = max(0, min(8, (os.cpu_count() or 2) - 2))
 
 Part = tuple[int, range | None, bool]  # (file, window numbers (None: all of a file read whole), last part?)
 

@@ -72,7 +72,7 @@ def add_index_commands(sub: argparse._SubParsersAction) -> None:
                             "(default: the audio model's training clip length, 10 s; 0: whole clips)")
     build.add_argument("--workers", type=at_least_zero, default=None,
                        help="processes that decode and resample audio ahead of the audio tower (default: the "
-                            "cores less one, at most 8; 0: read in the main process)")
+                            "cores less two, at most 8; 0: read in the main process)")
     build.add_argument("--shard-items", type=at_least_one, default=1024,
                        help="items per shard of a build under torchrun (the unit a killed build resumes from)")
     build.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
@@ -92,7 +92,7 @@ def add_index_commands(sub: argparse._SubParsersAction) -> None:
     add.add_argument("--metadata", default=None, help="metadata CSV for hybrid checkpoints (as index build)")
     add.add_argument("--cache-dir", default=None, help="feature cache of the towers' outputs")
     add.add_argument("--workers", type=at_least_zero, default=None,
-                     help="audio reader processes, as index build's (default: the cores less one, at most 8)")
+                     help="audio reader processes, as index build's (default: the cores less two, at most 8)")
     add.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     add.set_defaults(func=_add)
 
