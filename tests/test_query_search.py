@@ -263,3 +263,21 @@ def test_a_hybrid_models_example_clip_is_an_item_without_metadata(world: World, 
     torch.testing.assert_close(scores, (audio_only @ embeddings.T)[0, rows], rtol=0, atol=1e-5)
     with pytest.raises(BadInputError, match="metadata alone"):
         index.search_audio(create_model("mn04_minilm", fusion="metadata", metadata="os", embed_dim=32), query)
+
+
+def test_a_whole_model_the_caller_holds_is_not_loaded_again(world: World, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the whole model is needed (here an index without a query identity), a model the caller
+    has loaded and checked (the search service's) gives the query half; nothing is loaded."""
+    old = load_index(world.index)
+    del old.info["model"]["parts"]
+    old.info["model"]["weights"] = module_state_hash(world.model)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded again")
+
+    monkeypatch.setattr("hybrid_retrieval.models.load_retrieval_model", refuse)
+    encoder = open_query_encoder(old, world.checkpoint, "cpu", model=world.model)
+    assert isinstance(encoder, QueryModel) and encoder.text_tower is world.model.text_tower
+    with pytest.raises(AssertionError, match="loaded again"):
+        open_query_encoder(old, world.checkpoint, "cpu")

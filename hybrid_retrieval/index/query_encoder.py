@@ -42,6 +42,7 @@ from hybrid_retrieval.text.tower import normalize_text
 
 if TYPE_CHECKING:
     from hybrid_retrieval.index.search_index import SearchIndex
+    from hybrid_retrieval.model import RetrievalModel
     from hybrid_retrieval.query_model import QueryModel
 
 log = logging.getLogger("hybrid_retrieval")
@@ -179,23 +180,28 @@ class _NotKept(Exception):
     """An export that does not match its model: raised inside atomic_directory, which discards it."""
 
 
-def open_query_encoder(index: SearchIndex, checkpoint: str | Path | None = None, device: str = "auto") -> QueryEncoder:
+def open_query_encoder(index: SearchIndex, checkpoint: str | Path | None = None, device: str = "auto",
+                       model: RetrievalModel | None = None) -> QueryEncoder:
     """The query encoder of `index` (a SearchIndex) with its checkpoint (or `checkpoint`, if it has
     moved), checked against the index: IncompatibleModelError naming what differs otherwise.
     An ONNX export from the cache where one is (and `device` is auto or cpu), else the query half
-    of the checkpoint (its export is then cached for the next search)."""
+    of the checkpoint (its export is then cached for the next search). `model`: the whole model
+    of that checkpoint, if the caller has loaded it and checked it against the index (`check_model`):
+    where the whole model is needed (a training-free model, an index from before query identities
+    were recorded), its query half is used instead of loading the model again."""
+    from hybrid_retrieval.devices import resolve_device
     from hybrid_retrieval.models import TRAINING_FREE, checkpoint_folder, load_retrieval_model
     from hybrid_retrieval.query_model import QueryModel
     from hybrid_retrieval.training.checkpoint import checkpoint_query_identity, load_query_model
 
     spec = str(checkpoint or index.checkpoint)
-    torch_device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                                "cpu" if device == "auto" else device)
+    torch_device = resolve_device(device)
     directory = None if spec in TRAINING_FREE else checkpoint_folder(spec)[0]
     identity = checkpoint_query_identity(directory) if directory and index.query_identity is not None else None
     if identity is None:  # a training-free model (no files), or an index from before the query identity was
-        model, _ = load_retrieval_model(spec, torch_device)  # recorded: the whole model, checked whole
-        index.check_model(model)
+        if model is None:  # recorded: the whole model, checked whole
+            model, _ = load_retrieval_model(spec, torch_device)
+            index.check_model(model)
         return QueryModel.of(model)
     index.check_query_model(identity)
     fast = device in ("auto", "cpu") and fast_search_available()

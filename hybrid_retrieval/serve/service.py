@@ -70,7 +70,7 @@ class SearchService:
         spec = checkpoint or search_index.checkpoint
         model, _ = load_retrieval_model(spec, device)
         search_index.check_model(model)
-        encoder = open_query_encoder(search_index, spec, device)
+        encoder = open_query_encoder(search_index, spec, device, model=model)
         return cls(search_index, encoder, model, limits, similarity, display)
 
     # -- lifecycle (the app's start-up and shut-down) -----------------------------------------
