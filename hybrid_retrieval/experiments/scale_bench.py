@@ -31,7 +31,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hybrid_retrieval.experiments.speed import _rate, _unit_vectors, mb, rss_mb, run_worker, unit_vector_chunks
+from hybrid_retrieval.experiments.speed import (
+    _rate,
+    _unit_vectors,
+    mb,
+    memory_status_mb,
+    rss_mb,
+    run_worker,
+    unit_vector_chunks,
+)
 from hybrid_retrieval.report import markdown_table
 
 STEPS = ("data", "truth", "build", "search", "update")
@@ -43,12 +51,7 @@ def _rss_parts() -> dict:
     """Resident memory now, anonymous (the process's own) and file-backed (mapped pages of the
     store it has touched, which the kernel may drop), and the peak resident set (VmHWM, of this
     program only: ru_maxrss would count what the process had before its exec), in MB (Linux /proc)."""
-    parts = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("RssAnon", "RssFile", "VmHWM"):
-            parts[key] = int(value.split()[0]) / 1024
-    return parts
+    return memory_status_mb("RssAnon", "RssFile", "VmHWM")
 
 
 @contextlib.contextmanager

@@ -78,15 +78,23 @@ CLIP_SECONDS = 10.0
 
 # -- measurements (each runs in a subprocess: `bench.py --worker KIND JSON`) -------------------------------
 
-def rss_mb() -> float:
-    """Resident set size now (Linux /proc; elsewhere the peak so far)."""
+def memory_status_mb(*fields: str) -> dict[str, float]:
+    """The memory `fields` of this process's /proc/self/status (VmRSS, VmHWM, RssAnon, ...) in
+    MB; empty where there is no /proc (not Linux)."""
+    values = {}
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
+            key, _, value = line.partition(":")
+            if key in fields:
+                values[key] = int(value.split()[0]) / 1024
     except OSError:
         pass
-    return _peak_rss_mb()
+    return values
+
+
+def rss_mb() -> float:
+    """Resident set size now (Linux /proc; elsewhere the peak so far)."""
+    return memory_status_mb("VmRSS").get("VmRSS") or _peak_rss_mb()
 
 
 def _peak_rss_mb() -> float:
