@@ -280,3 +280,43 @@ def test_an_openvino_compile_leaves_the_signal_stack_as_it_was(random_tower: Aud
     random_tower.embed_waveforms(_clips()[:1])
     assert isinstance(random_tower.inference_runner(), RuntimeTower)
     assert _signal_stack() == before
+
+
+def test_overlapped_forwards_keep_order_and_give_the_threads_back(random_tower: AudioTower,
+                                                                  private_cache: Path) -> None:
+    """Many passes: outputs in submission order, equal to one pass at a time; the front end runs on
+    half of torch's threads meanwhile, and the count is restored. One pass: run whole, at once."""
+    random_tower.runtime = "openvino"
+    runner = random_tower.inference_runner()
+    clips = [torch.from_numpy(clip)[None] for clip in _clips()]
+    threads = torch.get_num_threads()
+    with torch.inference_mode():
+        expected = [runner(clip) for clip in clips]
+        got, threads_seen = [], []
+        with runner.overlapped() as submit:
+            for i, clip in enumerate(clips):
+                submit(clip, lambda out, i=i: got.append((i, out)))
+                threads_seen.append(torch.get_num_threads())
+        assert [i for i, _ in got] == list(range(len(clips)))
+        for (_, out), want in zip(got, expected):
+            _close(out, want, atol=1e-6)
+        assert threads_seen == [threads] + [max(1, threads // 2)] * (len(clips) - 1)
+        assert torch.get_num_threads() == threads
+        alone = []
+        with runner.overlapped() as submit:
+            submit(clips[0], alone.append)
+            assert alone == [] and torch.get_num_threads() == threads  # held until the block ends
+        _close(alone[0], expected[0], atol=1e-6)
+
+
+def test_a_failing_overlapped_pass_raises_and_gives_the_threads_back(random_tower: AudioTower,
+                                                                     private_cache: Path) -> None:
+    random_tower.runtime = "openvino"
+    runner = random_tower.inference_runner()
+    broken = RuntimeTower(runner.frontend, lambda mel: (_ for _ in ()).throw(RuntimeError("backbone failed")))
+    threads = torch.get_num_threads()
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="backbone failed"):
+        with broken.overlapped() as submit:
+            for clip in _clips()[:3]:
+                submit(torch.from_numpy(clip)[None], lambda out: None)
+    assert torch.get_num_threads() == threads

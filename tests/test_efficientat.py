@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from hybrid_retrieval.audio.efficientat import EFFICIENTAT_CONFIGS, efficientat
-from hybrid_retrieval.audio.frontend import LogMelFrontend
+from hybrid_retrieval.audio.frontend import FrontendConfig, LogMelFrontend
 from hybrid_retrieval.audio.io import load_audio
 from hybrid_retrieval.audio.pretrained import load_state_dict
 from hybrid_retrieval.audio.tower import audioset_labels
@@ -114,3 +114,35 @@ def test_training_mode_augments_and_eval_mode_is_deterministic() -> None:
     a = frontend(wave)
     assert not torch.equal(a, frontend(wave))
     assert (a == 4.5 / 5).any()  # masked bins are log-mel 0, i.e. 0.9 after normalisation
+
+
+def test_eval_mode_transforms_clip_by_clip_as_one_batch_would() -> None:
+    # On a CPU, eval mode transforms a batch one clip at a time (speed); the result must be what
+    # the batched transform (train mode with every augmentation off) gives, in the batch's order.
+    config = FrontendConfig(fmax=15_000.0, freq_mask=0, time_mask=0, fmin_aug_range=0, fmax_aug_range=0)
+    frontend = LogMelFrontend(config)
+    waves = torch.randn(3, 48_000, generator=torch.Generator().manual_seed(0))
+    batched = frontend.train()(waves)
+    per_clip = frontend.eval()(waves)
+    torch.testing.assert_close(per_clip, batched, atol=1e-6, rtol=0)
+    assert not torch.allclose(per_clip[0], per_clip[1])  # different clips stay apart, in order
+    torch.testing.assert_close(per_clip[2:], frontend(waves[2]), atol=1e-6, rtol=0)
+
+
+def test_written_out_stft_equals_torch_stft() -> None:
+    """The front end frames, windows and transforms by hand; torch.stft with the original's
+    arguments (800-sample Hann window in a 1024-point FFT, centred, reflection padding) is the
+    reference, through the same mel banks and log."""
+    frontend = LogMelFrontend().eval()
+    cfg = frontend.config
+    for length in (frontend.min_samples, 33_333, 320_000):
+        wave = torch.randn(2, length, generator=torch.Generator().manual_seed(length))
+        emphasised = wave[:, 1:] - cfg.preemphasis * wave[:, :-1]
+        stft = torch.stft(emphasised, cfg.n_fft, hop_length=cfg.hop_length, win_length=cfg.win_length,
+                          window=torch.hann_window(cfg.win_length, periodic=False), center=True,
+                          pad_mode="reflect", return_complex=True)
+        mel = frontend.mel_banks @ stft.abs().square()
+        expected = (torch.log(mel + 1e-5) + 4.5) / 5.0
+        got = frontend(wave)
+        assert got.shape == expected.shape == (2, cfg.n_mels, frontend.num_frames(length))
+        torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)  # the mel product sums in another order

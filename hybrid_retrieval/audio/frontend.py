@@ -57,6 +57,12 @@ def kaldi_mel_banks(n_mels: int, n_fft: int, sample_rate: int, fmin: float, fmax
     return nn.functional.pad(banks, (0, 1)).float()
 
 
+def _csr(banks: Tensor) -> Tensor:
+    with warnings.catch_warnings():  # torch says once per process that CSR tensors are in beta
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
+        return banks.to_sparse_csr()
+
+
 def spec_augment_mask(spec: Tensor, max_width: int, dim: int, generator: torch.Generator | None = None) -> Tensor:
     """Zero one random band of up to `max_width` bins along `dim` (1: mel, 2: time), per example.
 
@@ -81,12 +87,20 @@ class LogMelFrontend(nn.Module):
         super().__init__()
         self.config = config = config or FrontendConfig()
         self.fmax = config.fmax if config.fmax is not None else config.sample_rate / 2 - config.fmax_aug_range / 2
-        self.register_buffer("window", torch.hann_window(config.win_length, periodic=False), persistent=False)
+        # The Hann window centred in n_fft samples, as torch.stft pads a shorter one.
+        side = (config.n_fft - config.win_length) // 2
+        self.register_buffer("window", nn.functional.pad(torch.hann_window(config.win_length, periodic=False),
+                                                         (side, config.n_fft - config.win_length - side)),
+                             persistent=False)
         self.register_buffer(
             "mel_banks",
             kaldi_mel_banks(config.n_mels, config.n_fft, config.sample_rate, config.fmin, self.fmax),
             persistent=False,
         )
+        self._sparse: tuple[Tensor, Tensor] | None = None  # (mel_banks, their CSR form)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_sparse": None}  # a CSR tensor cannot be copied or pickled; remade on use
 
     @property
     def min_samples(self) -> int:
@@ -116,31 +130,38 @@ class LogMelFrontend(nn.Module):
         """Mel energies of power spectra (batch, bins, frames): the mel banks as a sparse (CSR)
         matrix, since each frequency bin falls in at most two triangles; a dense product would
         multiply mostly zeros and costs about as much as the rest of the front end together."""
-        with warnings.catch_warnings():  # torch says once per process that CSR tensors are in beta
-            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
-            banks = self._banks().to_sparse_csr()
-        return torch.stack([torch.sparse.mm(banks, spectrum) for spectrum in power])
+        banks = self._banks()
+        if banks is not self.mel_banks:  # jittered banks (training): new each batch
+            return torch.stack([torch.sparse.mm(_csr(banks), spectrum) for spectrum in power])
+        if self._sparse is None or self._sparse[0] is not banks:  # made once per device (.to() makes new buffers)
+            self._sparse = (banks, _csr(banks))
+        return torch.stack([torch.sparse.mm(self._sparse[1], spectrum) for spectrum in power])
 
     def forward(self, waveform: Tensor) -> Tensor:
         if waveform.dim() == 1:
             waveform = waveform[None]
+        if not self.training and waveform.device.type == "cpu" and waveform.shape[0] > 1:
+            # One clip at a time on a CPU: a batch's STFT intermediates outgrow the caches and
+            # glibc's reuse of freed blocks (each forward then maps and faults in fresh pages),
+            # and ran slower per clip than single clips (BENCHMARKS.md). Each clip's transform
+            # does not depend on the others, so the outputs are the batch's.
+            return torch.cat([self._transform(clip[None]) for clip in waveform])
+        return self._transform(waveform)
+
+    def _transform(self, waveform: Tensor) -> Tensor:
         cfg = self.config
         waveform = waveform.float()
         emphasised = waveform[:, 1:] - cfg.preemphasis * waveform[:, :-1]
-        stft = torch.stft(
-            emphasised,
-            cfg.n_fft,
-            hop_length=cfg.hop_length,
-            win_length=cfg.win_length,
-            window=self.window,
-            center=True,
-            pad_mode="reflect",
-            return_complex=True,
-        )
-        power = stft.real.square() + stft.imag.square()
+        # The centred STFT of torch.stft(center=True, pad_mode="reflect") written out (equal to it
+        # up to float rounding, tested): its reflection padding (F.pad) cost several times this
+        # slicing on a long row (BENCHMARKS.md).
+        half = cfg.n_fft // 2
+        padded = torch.cat([emphasised[:, 1:half + 1].flip(-1), emphasised, emphasised[:, -half - 1:-1].flip(-1)], -1)
+        spectrum = torch.fft.rfft(padded.unfold(-1, cfg.n_fft, cfg.hop_length) * self.window)  # (batch, frames, bins)
+        power = (spectrum.real.square() + spectrum.imag.square()).transpose(1, 2).contiguous()
         with torch.autocast(device_type=waveform.device.type, enabled=False):
             mel = self._mel(power)
-        logmel = torch.log(mel + 1e-5)
+        logmel = mel.add_(1e-5).log_()
         if self.training:
             if cfg.freq_mask > 0:
                 logmel = spec_augment_mask(logmel, cfg.freq_mask, dim=1)

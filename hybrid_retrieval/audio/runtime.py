@@ -21,6 +21,8 @@ import sys
 import tempfile
 import threading
 import warnings
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -216,3 +218,68 @@ class RuntimeTower:
 
     def __call__(self, waveform: Tensor) -> TowerOutput:
         return self.backbone(self.frontend(waveform))
+
+    @contextlib.contextmanager
+    def overlapped(self) -> Iterator[Submit]:
+        """A `submit(waveforms, done)` for many forward passes: from the second one on, the front
+        end of each batch runs in the calling thread, on half of torch's threads, while the
+        backbone of the batch before runs in a background thread (one in flight). `done(output)`
+        is called for each batch in the order submitted, the last ones when the block ends; a
+        block with a single batch runs it as `__call__` does, on every thread. On a CPU this ran
+        faster than front end and backbone in turn, each on all cores (BENCHMARKS.md): the two
+        thread pools no longer hand the cores to each other at every batch. torch's thread count
+        is lowered for the duration of the block and restored after."""
+        forwards = _OverlappedForwards(self)
+        try:
+            yield forwards.submit
+            forwards.flush()
+        finally:
+            forwards.stop()
+
+
+# submit(waveforms, done): run a forward pass, then done(its output), now or later.
+Submit = Callable[[Tensor, Callable[[TowerOutput], None]], None]
+
+
+class _OverlappedForwards:
+    """The state of `RuntimeTower.overlapped`: the first batch held back (run whole if it stays
+    alone), then the backbone's pending batch and its worker thread."""
+
+    def __init__(self, tower: RuntimeTower) -> None:
+        self.tower = tower
+        self.held: tuple[Tensor, Callable[[TowerOutput], None]] | None = None
+        self.pending: tuple[Future, Callable[[TowerOutput], None]] | None = None
+        self.executor: ThreadPoolExecutor | None = None
+        self.threads = torch.get_num_threads()
+
+    def submit(self, waveforms: Tensor, done: Callable[[TowerOutput], None]) -> None:
+        if self.executor is None:
+            if self.held is None:
+                self.held = (waveforms, done)
+                return
+            torch.set_num_threads(max(1, self.threads // 2))
+            self.executor = ThreadPoolExecutor(1, thread_name_prefix="hybrid-retrieval-backbone")
+            first, self.held = self.held, None
+            self._front(*first)
+        self._front(waveforms, done)
+
+    def _front(self, waveforms: Tensor, done: Callable[[TowerOutput], None]) -> None:
+        mel = self.tower.frontend(waveforms)
+        self._finish()
+        self.pending = (self.executor.submit(self.tower.backbone, mel), done)
+
+    def _finish(self) -> None:
+        if self.pending is not None:
+            (future, done), self.pending = self.pending, None
+            done(future.result())
+
+    def flush(self) -> None:
+        if self.held is not None:
+            (waveforms, done), self.held = self.held, None
+            done(self.tower(waveforms))
+        self._finish()
+
+    def stop(self) -> None:
+        if self.executor is not None:
+            self.executor.shutdown(wait=True)
+            torch.set_num_threads(self.threads)

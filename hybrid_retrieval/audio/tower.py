@@ -11,10 +11,11 @@ until the weights change.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from importlib import resources
 
 import numpy as np
@@ -27,6 +28,7 @@ from hybrid_retrieval.audio.io import window_starts
 from hybrid_retrieval.audio.runtime import (
     RuntimeBackbone,
     RuntimeTower,
+    Submit,
     exported_backbone,
     resolve_runtime,
     runtime_setting,
@@ -36,9 +38,12 @@ from hybrid_retrieval.fingerprint import module_state_hash
 from hybrid_retrieval.lazy import import_object
 from hybrid_retrieval.outputs import TowerOutput
 
-# Audio per forward pass on a CPU: 4 clips of 10 s at 32 kHz; larger passes ran slower per clip,
-# their activations no longer fitting the caches (BENCHMARKS.md, "Audio embedding throughput").
+# Audio per forward pass on a CPU: 4 clips of 10 s at 32 kHz in eager torch (larger passes ran
+# slower per clip, their activations no longer fitting the caches), 2 in a runtime, whose passes
+# overlap with the front end of the next (`RuntimeTower.overlapped`): smaller passes keep the two
+# stages even (BENCHMARKS.md, "Audio embedding throughput").
 CPU_FORWARD_SAMPLES = 4 * 10 * 32_000
+CPU_RUNTIME_FORWARD_SAMPLES = 2 * 10 * 32_000
 # The clip length of AudioSet, which the audio families' released weights were trained on.
 AUDIOSET_CLIP_SECONDS = 10.0
 # What embeds waveforms (batch, samples) of one length: an inference copy or a RuntimeTower.
@@ -161,8 +166,9 @@ class AudioTower(nn.Module):
         into windows (io.window_starts: the last one aligned to the clip's end): tokens are
         concatenated, the embedding and logits averaged. Clips shorter than `min_samples` are
         padded to it. A forward pass holds at most `max_forward_samples` of audio whatever
-        `batch_size` (default: CPU_FORWARD_SAMPLES on a CPU, no cap on a GPU). The forward passes
-        run on `runner` (default: `inference_runner()`).
+        `batch_size` (default on a CPU: CPU_FORWARD_SAMPLES, or CPU_RUNTIME_FORWARD_SAMPLES for a
+        RuntimeTower; no cap on a GPU). The forward passes run on `runner` (default:
+        `inference_runner()`).
         """
         window = self.window_samples(window_seconds)
         pieces = ((i, wave[start:start + window] if window else wave)
@@ -192,37 +198,50 @@ class AudioTower(nn.Module):
         runner = runner if runner is not None else self.inference_runner()
         device = next(self.parameters()).device
         if max_forward_samples is None and device.type == "cpu":
-            max_forward_samples = CPU_FORWARD_SAMPLES
+            max_forward_samples = CPU_RUNTIME_FORWARD_SAMPLES if isinstance(runner, RuntimeTower) else CPU_FORWARD_SAMPLES
         outputs: list[dict[int, TowerOutput]] = [{} for _ in range(n_clips)]  # clip -> piece number -> output
         pending: dict[int, list[tuple[int, int, Tensor]]] = {}  # length -> (clip, piece number, piece)
         counts = [0] * n_clips
 
-        def run(batch: list[tuple[int, int, Tensor]]) -> None:
-            stacked = torch.stack([piece for _, _, piece in batch]).to(device)
-            for (clip, number, _), out in zip(batch, runner(stacked).to("cpu").unbatch()):
-                outputs[clip][number] = out
+        def keep(batch: list[tuple[int, int, Tensor]]) -> Callable[[TowerOutput], None]:
+            def done(output: TowerOutput) -> None:
+                for (clip, number, _), out in zip(batch, output.to("cpu").unbatch()):
+                    outputs[clip][number] = out
+            return done
 
-        for clip, piece in pieces:
-            piece = self._padded(torch.as_tensor(piece, dtype=torch.float32).flatten(), clip)
-            length = piece.numel()
-            per_forward = batch_size
-            if max_forward_samples is not None:
-                per_forward = max(1, min(batch_size, max_forward_samples // length))
-            queue = pending.setdefault(length, [])
-            queue.append((clip, counts[clip], piece))
-            counts[clip] += 1
-            if len(queue) >= per_forward:
-                run(queue)
-                pending[length] = []
-        for queue in pending.values():
-            if queue:
-                run(queue)
+        with _forwards(runner) as submit:
+            for clip, piece in pieces:
+                piece = self._padded(torch.as_tensor(piece, dtype=torch.float32).flatten(), clip)
+                length = piece.numel()
+                per_forward = batch_size
+                if max_forward_samples is not None:
+                    per_forward = max(1, min(batch_size, max_forward_samples // length))
+                queue = pending.setdefault(length, [])
+                queue.append((clip, counts[clip], piece))
+                counts[clip] += 1
+                if len(queue) >= per_forward:
+                    submit(torch.stack([p for _, _, p in queue]).to(device), keep(queue))
+                    pending[length] = []
+            for queue in pending.values():
+                if queue:
+                    submit(torch.stack([p for _, _, p in queue]).to(device), keep(queue))
         return [[outs[n] for n in range(len(outs))] for outs in outputs]
 
     def _padded(self, wave: Tensor, clip: int) -> Tensor:
         if wave.numel() == 0:
             raise BadInputError(f"clip {clip} is empty (0 samples)")
         return self.frontend.pad_to_minimum(wave)
+
+
+@contextlib.contextmanager
+def _forwards(runner: Runner) -> Iterator[Submit]:
+    """The `submit(waveforms, done)` of a runner: a RuntimeTower's overlapped forward passes, or
+    each pass at once."""
+    if isinstance(runner, RuntimeTower):
+        with runner.overlapped() as submit:
+            yield submit
+        return
+    yield lambda waveforms, done: done(runner(waveforms))
 
 
 def _version(tensor: Tensor) -> int:

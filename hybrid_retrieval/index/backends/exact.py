@@ -5,7 +5,8 @@ kernel was about as fast for one query at a time and slower for batches of queri
 (BENCHMARKS.md, "search"), so it is only the reference the tests compare against.
 
 The embeddings may be float16 and memory-mapped (a large index's store): each chunk is converted
-to the queries' float32 as it is read, so memory holds one chunk's scores and vectors. A store
+to the queries' float32 as it is read, so memory holds one chunk's scores and vectors, and the
+pages read through the mapping are released as the scan goes (`residency.PageBudget`). A store
 too large to be scanned for NaN when it is loaded is checked here instead, as it is read.
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch
 from torch import Tensor
 
 from hybrid_retrieval.errors import BadInputError
+from hybrid_retrieval.index.residency import PageBudget
 
 if TYPE_CHECKING:
     from hybrid_retrieval.index.filters import ItemFilter, ItemRecord
@@ -37,8 +39,11 @@ def exact_search(embeddings: Tensor, queries: Tensor, k: int) -> tuple[Tensor, T
     k = min(k, embeddings.shape[0])
     queries = queries.float().to(embeddings.device)
     best_scores, best_rows = [], []
+    pages = PageBudget(embeddings)
     for start in range(0, embeddings.shape[0], _EXACT_CHUNK):
-        scores = queries @ embeddings[start:start + _EXACT_CHUNK].to(queries.dtype).T
+        chunk = embeddings[start:start + _EXACT_CHUNK]
+        scores = queries @ chunk.to(queries.dtype).T
+        pages.note(chunk.nbytes)
         top = scores.topk(min(k, scores.shape[1]), dim=1)  # NaN counts as the largest: a NaN row shows here
         check_finite(top.values, top.indices + start)
         best_scores.append(top.values)

@@ -9,7 +9,7 @@ cannot remove, so it is rebuilt without them.
 "ivfpq" keeps only product-quantised codes in memory (d/16 bytes a vector), finds `rerank` x k
 candidates with them and re-ranks those exactly against the index's own embeddings, which may be
 a float16 memory-mapped store on disk: a catalogue far larger than memory is searched with the
-memory of its codes.
+memory of its codes (and a bounded share of the store's pages, `residency.PageBudget`).
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from hybrid_retrieval.deps import optional_import
 from hybrid_retrieval.errors import BadInputError
 from hybrid_retrieval.index.backends.base import RecallProbe, RowIds
 from hybrid_retrieval.index.backends.exact import check_finite
+from hybrid_retrieval.index.residency import FAULT_AROUND, PageBudget
 
 faiss = optional_import("faiss", "faiss", "approximate search (a FAISS index)")
 
@@ -99,8 +100,20 @@ class FaissBackend:
         self.index: faiss.Index | None = None
         self.settings: dict = {}
         self.ids = RowIds.fresh(0)
-        self.embeddings: Tensor | None = None  # the index's matrix (re-ranking, recall)
+        self._embeddings: Tensor | None = None
+        self._pages: PageBudget | None = None
         self.queries: Tensor | None = None  # the recall queries given at build time, kept to re-measure
+
+    @property
+    def embeddings(self) -> Tensor | None:
+        """The index's matrix (re-ranking, recall), often a mapped store: what is read through it
+        is counted, and its pages released past a budget (`residency.PageBudget`)."""
+        return self._embeddings
+
+    @embeddings.setter
+    def embeddings(self, value: Tensor | None) -> None:
+        self._embeddings = value
+        self._pages = None if value is None else PageBudget(value)
 
     @property
     def kind(self) -> str:
@@ -143,6 +156,7 @@ class FaissBackend:
         for first in tqdm(steps, desc=f"adding to {self.settings['factory']}", unit="chunk",
                           disable=not progress or len(steps) < 2):
             chunk = _numpy(self.embeddings[first:first + _ADD_CHUNK])
+            self._pages.note(chunk.nbytes)
             if self.kind == "hnsw":
                 self.index.add(chunk)  # HNSW numbers vectors in add order, which are these ids (it never removes)
             else:
@@ -185,10 +199,12 @@ class FaissBackend:
         queries = queries.float()
         scores = torch.full((len(queries), k), -math.inf)
         rows = torch.full((len(queries), k), -1, dtype=torch.long)
+        row_bytes = max(self.embeddings[0].nbytes, FAULT_AROUND)  # what reading a row may map
         with _one_thread():
             for i, line in enumerate(candidates):
                 wanted = torch.unique(line[line >= 0])  # sorted
                 found = self.embeddings[wanted].float() @ queries[i]
+                self._pages.note(len(wanted) * row_bytes)
                 check_finite(found, wanted)
                 top = found.topk(min(k, len(found)))
                 scores[i, :len(top.values)], rows[i, :len(top.values)] = top.values, wanted[top.indices]
