@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -111,7 +113,7 @@ class AudioReader:
                                 # its own generator: iterating a loader draws a seed, which must not
                                 # move the global RNG that training's crops and dropout continue from
                                 generator=torch.Generator())
-            self._loader = iter(loader)
+            self._loader = iter(loader) if workers else _ReadAhead(iter(loader), self._prefetch)
         return next(self._loader)
 
     def _take(self, index: int, failures: dict[int, AudioLoadError], local: int) -> Iterator[tuple[int, torch.Tensor]]:
@@ -153,7 +155,9 @@ class AudioReader:
                 self.progress.update(1)
 
     def close(self) -> None:
-        """Stop the worker processes (also when the reader is dropped)."""
+        """Stop the worker processes or thread (also when the reader is dropped)."""
+        if isinstance(self._loader, _ReadAhead):
+            self._loader.close()
         self._loader = None
 
     def __enter__(self) -> AudioReader:
@@ -162,3 +166,56 @@ class AudioReader:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+
+
+class _ReadAhead:
+    """The parts of a loader without worker processes, read by one thread of this process at
+    most `depth` parts ahead: decoding (libsndfile) and resampling (soxr) release the GIL, so
+    files are read while the caller's thread runs the tower, without a process's start-up or
+    copies. Parts come out in the loader's order; an error raised reading is raised here."""
+
+    _END = object()
+
+    def __init__(self, parts: Iterator[tuple], depth: int) -> None:
+        self._queue: queue.Queue = queue.Queue(max(1, depth))
+        self._stop = threading.Event()
+        self._ended = False
+        self._thread = threading.Thread(target=self._read, args=(parts,), name="hybrid-retrieval-reader", daemon=True)
+        self._thread.start()
+
+    def _read(self, parts: Iterator[tuple]) -> None:
+        try:
+            for part in parts:
+                if not self._put(part):
+                    return
+            self._put(self._END)
+        except BaseException as exc:  # handed to the caller, who raises it
+            self._put(exc)
+
+    def _put(self, entry: object) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self) -> _ReadAhead:
+        return self
+
+    def __next__(self) -> tuple:
+        if self._ended:
+            raise StopIteration
+        entry = self._queue.get()
+        if entry is self._END:
+            self._ended = True
+            raise StopIteration
+        if isinstance(entry, BaseException):
+            self._ended = True
+            raise entry
+        return entry
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()

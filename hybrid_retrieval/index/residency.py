@@ -3,10 +3,12 @@
 A process's resident set counts every page of a mapped file it has touched, for as long as the
 kernel leaves the pages mapped. Reading a large index's store through its mapping (re-ranking
 candidates, adding the catalogue to an approximate index, an exact scan) would leave most of the
-store counted against the process, although those pages are page cache. `PageBudget` counts the
-bytes read through a tensor's mapping and, once they pass a budget, tells the kernel that the
-process no longer needs the pages (madvise MADV_DONTNEED): they leave its resident set and stay
-in the page cache, so reading them again is a minor fault, not a disk read.
+store counted against the process, although those pages are page cache. `PageBudget` watches
+the process's mapped resident pages and, once they have grown past a budget, tells the kernel
+that the process no longer needs the store's pages (madvise MADV_DONTNEED): they leave its
+resident set and stay in the page cache, so reading them again is a minor fault, not a disk
+read. The price is those faults: re-ranking from a released store maps its rows again
+(BENCHMARKS.md, "Search at scale").
 
 Only a range inside one file-backed mapping that this process has not written to (no
 copy-on-write pages: smaps' `Anonymous` is 0) is released; on anonymous memory, or on written
@@ -22,10 +24,7 @@ from pathlib import Path
 
 from torch import Tensor
 
-RESIDENT_BUDGET = 512 << 20  # bytes read through a mapping between two releases
-# What reading one row may map: a read fault maps the neighbouring pages that are in the page
-# cache too, up to the kernel's fault_around_bytes (64 KiB by default).
-FAULT_AROUND = 64 << 10
+RESIDENT_BUDGET = 512 << 20  # growth of this process's mapped resident pages between two releases
 _MADV_DONTNEED = 4
 
 
@@ -60,20 +59,38 @@ def release_pages(tensor: Tensor) -> bool:
     return libc.madvise(first, last - first, _MADV_DONTNEED) == 0
 
 
+def mapped_resident_bytes() -> int | None:
+    """This process's resident pages of mapped files and shared memory (/proc/self/statm's third
+    field), in bytes; None where there is no /proc. Cheap enough to read after every query."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[2]) * mmap.PAGESIZE
+    except OSError:
+        return None
+
+
 class PageBudget:
-    """Counts the bytes read through `tensor`'s storage; past `budget` (default RESIDENT_BUDGET), releases its pages
-    (`release_pages`). A tensor that is not in a file mapping is looked up once, then ignored."""
+    """Watches this process's mapped resident pages while `tensor`'s storage is read; once they
+    have grown by more than `budget` (default RESIDENT_BUDGET) since the last release, releases
+    the tensor's pages (`release_pages`). The growth is measured, not estimated from the bytes
+    read: a read fault maps the neighbouring pages in the page cache too, up to a whole large
+    folio. A tensor that is not in a clean file mapping is found out at the first release, then
+    left alone."""
 
     def __init__(self, tensor: Tensor, budget: int | None = None) -> None:
         self.tensor, self.budget = tensor, RESIDENT_BUDGET if budget is None else budget
-        self.read = 0
+        self.baseline: int | None = None
         self.mapped = True
 
-    def note(self, nbytes: int) -> None:
-        """`nbytes` more were read."""
+    def check(self) -> None:
+        """Call after reading through the tensor."""
         if not self.mapped:
             return
-        self.read += nbytes
-        if self.read >= self.budget:
-            self.read = 0
+        now = mapped_resident_bytes()
+        if now is None:
+            self.mapped = False
+        elif self.baseline is None or now < self.baseline:
+            self.baseline = now
+        elif now - self.baseline > self.budget:
             self.mapped = release_pages(self.tensor)
+            self.baseline = mapped_resident_bytes()

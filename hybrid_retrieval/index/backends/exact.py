@@ -43,7 +43,7 @@ def exact_search(embeddings: Tensor, queries: Tensor, k: int) -> tuple[Tensor, T
     for start in range(0, embeddings.shape[0], _EXACT_CHUNK):
         chunk = embeddings[start:start + _EXACT_CHUNK]
         scores = queries @ chunk.to(queries.dtype).T
-        pages.note(chunk.nbytes)
+        pages.check()
         top = scores.topk(min(k, scores.shape[1]), dim=1)  # NaN counts as the largest: a NaN row shows here
         check_finite(top.values, top.indices + start)
         best_scores.append(top.values)

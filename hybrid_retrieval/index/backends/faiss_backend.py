@@ -27,7 +27,7 @@ from hybrid_retrieval.deps import optional_import
 from hybrid_retrieval.errors import BadInputError
 from hybrid_retrieval.index.backends.base import RecallProbe, RowIds
 from hybrid_retrieval.index.backends.exact import check_finite
-from hybrid_retrieval.index.residency import FAULT_AROUND, PageBudget
+from hybrid_retrieval.index.residency import PageBudget
 
 faiss = optional_import("faiss", "faiss", "approximate search (a FAISS index)")
 
@@ -156,7 +156,7 @@ class FaissBackend:
         for first in tqdm(steps, desc=f"adding to {self.settings['factory']}", unit="chunk",
                           disable=not progress or len(steps) < 2):
             chunk = _numpy(self.embeddings[first:first + _ADD_CHUNK])
-            self._pages.note(chunk.nbytes)
+            self._pages.check()
             if self.kind == "hnsw":
                 self.index.add(chunk)  # HNSW numbers vectors in add order, which are these ids (it never removes)
             else:
@@ -199,12 +199,11 @@ class FaissBackend:
         queries = queries.float()
         scores = torch.full((len(queries), k), -math.inf)
         rows = torch.full((len(queries), k), -1, dtype=torch.long)
-        row_bytes = max(self.embeddings[0].nbytes, FAULT_AROUND)  # what reading a row may map
         with _one_thread():
             for i, line in enumerate(candidates):
                 wanted = torch.unique(line[line >= 0])  # sorted
                 found = self.embeddings[wanted].float() @ queries[i]
-                self._pages.note(len(wanted) * row_bytes)
+                self._pages.check()
                 check_finite(found, wanted)
                 top = found.topk(min(k, len(found)))
                 scores[i, :len(top.values)], rows[i, :len(top.values)] = top.values, wanted[top.indices]
