@@ -7,7 +7,7 @@ import torch
 
 from hybrid_retrieval.index import residency
 from hybrid_retrieval.index.backends.exact import exact_search
-from hybrid_retrieval.index.residency import PageBudget, release_pages
+from hybrid_retrieval.index.residency import FileRows, PageBudget, release_pages
 
 MB = 1 << 20
 
@@ -83,3 +83,30 @@ def test_a_budget_measures_what_is_mapped(store, monkeypatch) -> None:
         budget.check()
         peak = max(peak, _rss_file() - before)
     assert peak < 12 * MB
+
+
+def test_file_rows_read_what_the_mapping_holds_without_mapping_it(store, tmp_path: Path) -> None:
+    tensor, values = store
+    view = tensor[100:]  # a slice starts inside the mapping
+    rows = FileRows.open(view)
+    assert rows is not None
+    before = _rss_file()
+    wanted = [0, 5, 5, 16_000, 7]
+    np.testing.assert_array_equal(rows.read(wanted).numpy(), values[[100 + r for r in wanted]])
+    assert rows.read([]).shape == (0, 1024)
+    with pytest.raises(IndexError):
+        rows.read([len(view)])
+    assert _rss_file() - before < 1 * MB
+
+
+def test_file_rows_refuse_what_they_cannot_read_faithfully(store, tmp_path: Path) -> None:
+    tensor, _ = store
+    assert FileRows.open(torch.randn(10, 4)) is None  # not a file
+    assert FileRows.open(tensor[:, :512]) is None  # rows not contiguous in the file
+    written = tensor.clone()
+    assert FileRows.open(written) is None
+    np.zeros((16_384, 1024), np.float16).tofile(tmp_path / "other.f16")
+    (tmp_path / "other.f16").replace(tmp_path / "store.f16")  # the file mapped was replaced
+    assert FileRows.open(tensor) is None
+    tensor[0, 0] = 1.0  # a copy-on-write page: the file no longer holds what the tensor does
+    assert FileRows.open(tensor) is None

@@ -193,7 +193,8 @@ class AudioTower(nn.Module):
         as it is full, so memory holds at most one pending batch per piece length besides the
         outputs, however long the stream (a long recording read window by window). Batches are
         the consecutive `batch_size` (or capped) runs of each length, as `embed_waveforms`
-        describes. A clip without pieces gets an empty list.
+        describes; on a RuntimeTower, a batch's front end runs while the backbone runs the batch
+        before (`RuntimeTower.overlapped`). A clip without pieces gets an empty list.
         """
         runner = runner if runner is not None else self.inference_runner()
         device = next(self.parameters()).device

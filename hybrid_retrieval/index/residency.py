@@ -19,26 +19,43 @@ from __future__ import annotations
 
 import ctypes
 import mmap
+import os
 import sys
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import torch
 from torch import Tensor
 
 RESIDENT_BUDGET = 512 << 20  # growth of this process's mapped resident pages between two releases
 _MADV_DONTNEED = 4
 
 
-def _mapping_of(start: int, end: int) -> tuple[int, int] | None:
-    """The (start, end) of the file-backed mapping of this process holding [start, end), when it
-    holds no page this process wrote to; None otherwise."""
+@dataclass(frozen=True)
+class _Mapping:
+    start: int
+    end: int
+    offset: int  # of `start` in the file
+    inode: int
+    path: str
+
+
+def _mapping_of(start: int, end: int) -> _Mapping | None:
+    """The file-backed mapping of this process holding [start, end), when it holds no page this
+    process wrote to; None otherwise."""
     found = None
     for line in Path("/proc/self/smaps").read_text().splitlines():
-        fields = line.split()
+        fields = line.split(maxsplit=5)
         if "-" in fields[0] and len(fields) >= 5:  # a mapping's header line: range perms offset dev inode [path]
             low, high = (int(part, 16) for part in fields[0].split("-"))
-            found = (low, high) if low <= start and end <= high and fields[4] != "0" else None
+            inside = low <= start and end <= high and fields[4] != "0"
+            found = _Mapping(low, high, int(fields[2], 16), int(fields[4]), fields[5] if len(fields) > 5 else "") \
+                if inside else None
         elif found is not None and fields[0] == "Anonymous:":
-            return found if fields[1] == "0" else None
+            return found if fields[1].split()[0] == "0" else None
     return None
 
 
@@ -52,8 +69,8 @@ def release_pages(tensor: Tensor) -> bool:
     mapping = _mapping_of(start, start + storage.nbytes())
     if mapping is None:
         return False
-    first = max(mapping[0], start - start % mmap.PAGESIZE)
-    last = min(mapping[1], start + storage.nbytes())
+    first = max(mapping.start, start - start % mmap.PAGESIZE)
+    last = min(mapping.end, start + storage.nbytes())
     libc = ctypes.CDLL(None, use_errno=True)
     libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     return libc.madvise(first, last - first, _MADV_DONTNEED) == 0
@@ -94,3 +111,52 @@ class PageBudget:
         elif now - self.baseline > self.budget:
             self.mapped = release_pages(self.tensor)
             self.baseline = mapped_resident_bytes()
+
+
+class FileRows:
+    """Rows of a 2-D tensor mapped from a file, read with positioned reads (pread) instead of
+    through the mapping: nothing is mapped, so the process's resident set does not grow, and
+    scattered rows cost a system call each instead of a fault that maps a whole folio (what
+    re-ranking a few candidates per query does; measured in BENCHMARKS.md). `open` gives one only
+    for a row-major tensor in a clean file mapping (see the module docstring) whose file is still
+    the one mapped (same inode: a replaced index file is not read)."""
+
+    def __init__(self, descriptor: int, first: int, row_bytes: int, dtype: np.dtype, shape: tuple[int, int]) -> None:
+        self._descriptor, self._first, self._row_bytes = descriptor, first, row_bytes
+        self.dtype, self.shape = dtype, shape
+        self._closer = weakref.finalize(self, os.close, descriptor)
+
+    @classmethod
+    def open(cls, tensor: Tensor) -> FileRows | None:
+        if not sys.platform.startswith("linux") or tensor.device.type != "cpu" or tensor.dim() != 2 \
+                or tensor.stride() != (tensor.shape[1], 1) or tensor.numel() == 0:
+            return None
+        try:
+            dtype = torch.empty(0, dtype=tensor.dtype).numpy().dtype
+        except TypeError:  # a dtype numpy lacks (bfloat16)
+            return None
+        start = tensor.data_ptr()
+        mapping = _mapping_of(start, start + tensor.nbytes)
+        if mapping is None or not mapping.path.startswith("/"):
+            return None
+        try:
+            descriptor = os.open(mapping.path, os.O_RDONLY)
+        except OSError:
+            return None
+        if os.fstat(descriptor).st_ino != mapping.inode:
+            os.close(descriptor)
+            return None
+        return cls(descriptor, mapping.offset + start - mapping.start, tensor.stride(0) * tensor.element_size(), dtype,
+                   (tensor.shape[0], tensor.shape[1]))
+
+    def read(self, rows: Sequence[int]) -> Tensor:
+        """The rows, in the order given, as a new tensor."""
+        buffer = bytearray(len(rows) * self._row_bytes)
+        view = memoryview(buffer)
+        for i, row in enumerate(rows):
+            if not 0 <= row < self.shape[0]:
+                raise IndexError(f"row {row} of a {self.shape[0]}-row store")
+            part = view[i * self._row_bytes:(i + 1) * self._row_bytes]
+            if os.preadv(self._descriptor, [part], self._first + row * self._row_bytes) != len(part):
+                raise OSError(f"the index file ended before row {row}")
+        return torch.from_numpy(np.frombuffer(buffer, dtype=self.dtype).reshape(len(rows), self.shape[1]))

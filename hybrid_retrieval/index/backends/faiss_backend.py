@@ -27,7 +27,7 @@ from hybrid_retrieval.deps import optional_import
 from hybrid_retrieval.errors import BadInputError
 from hybrid_retrieval.index.backends.base import RecallProbe, RowIds
 from hybrid_retrieval.index.backends.exact import check_finite
-from hybrid_retrieval.index.residency import PageBudget
+from hybrid_retrieval.index.residency import FileRows, PageBudget
 
 faiss = optional_import("faiss", "faiss", "approximate search (a FAISS index)")
 
@@ -38,6 +38,7 @@ IVFPQ_MIN_ITEMS = 1000
 # What the build records (and `index info` prints) of an approximate index.
 SETTINGS = {"kind", "factory", "parameter", "value", "recall@10", "target_recall", "recall_queries"}
 _ADD_CHUNK = 1 << 16  # vectors added to a FAISS index per progress-bar step
+_GATHER_CHUNK = 1 << 11  # scattered rows (the training sample) read between two checks of the page budget
 # k-means training vectors per cell: IVF what FAISS samples down to itself; IVF-PQ fewer, so that
 # the cells of a 10M-item catalogue train in minutes (FAISS's minimum is 39)
 _TRAIN_PER_CELL = {"ivf": 256, "ivfpq": 64}
@@ -114,6 +115,18 @@ class FaissBackend:
     def embeddings(self, value: Tensor | None) -> None:
         self._embeddings = value
         self._pages = None if value is None else PageBudget(value)
+        self._file_rows: FileRows | None | bool = False  # not looked for yet (`_candidate_rows`)
+
+    def _candidate_rows(self, rows: Tensor) -> Tensor:
+        """Re-ranking's rows of the embeddings: read from the index file with positioned reads
+        when the embeddings are mapped from one (`residency.FileRows`), else through the tensor."""
+        if self._file_rows is False:
+            self._file_rows = FileRows.open(self.embeddings)
+        if self._file_rows is not None:
+            return self._file_rows.read(rows.tolist())
+        found = self.embeddings[rows]
+        self._pages.check()
+        return found
 
     @property
     def kind(self) -> str:
@@ -144,10 +157,17 @@ class FaissBackend:
             cells = faiss.extract_index_ivf(self.index).nlist
             sample = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:_TRAIN_PER_CELL[kind] * cells]
             log.info("training %s on %d vectors", factory, len(sample))  # one FAISS call: no progress to show
-            self.index.train(_numpy(embeddings[sample.sort().values]))
+            self.index.train(np.concatenate(list(self._rows(sample.sort().values))))
         self.ids = RowIds.fresh(0)
         self._add_rows(0, progress)
         self.retune(progress)
+
+    def _rows(self, rows: Tensor) -> Iterator[np.ndarray]:
+        """The embeddings of `rows` (sorted) as float32 arrays, gathered a few thousand at a time,
+        the store's pages released between gathers (each row's read may map its whole folio)."""
+        for first in range(0, len(rows), _GATHER_CHUNK):
+            yield _numpy(self.embeddings[rows[first:first + _GATHER_CHUNK]])
+            self._pages.check()
 
     def _add_rows(self, start: int, progress: bool = False) -> None:
         n = len(self.embeddings)
@@ -202,8 +222,7 @@ class FaissBackend:
         with _one_thread():
             for i, line in enumerate(candidates):
                 wanted = torch.unique(line[line >= 0])  # sorted
-                found = self.embeddings[wanted].float() @ queries[i]
-                self._pages.check()
+                found = self._candidate_rows(wanted).float() @ queries[i]
                 check_finite(found, wanted)
                 top = found.topk(min(k, len(found)))
                 scores[i, :len(top.values)], rows[i, :len(top.values)] = top.values, wanted[top.indices]
