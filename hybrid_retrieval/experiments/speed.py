@@ -665,7 +665,7 @@ def run_benchmarks(argv: list[str] | None = None) -> int:
                         help="longest file embedded in one pass too (its memory grows with the file)")
     parser.add_argument("--scratch", default=None, help="folder for the load benchmark's files (default: the "
                                                         "system's temporary folder; deleted afterwards)")
-    parser.add_argument("--catalogue-files", type=int, default=60, help="generated clips of the catalogue benchmark")
+    parser.add_argument("--catalogue-files", type=int, default=200, help="generated clips of the catalogue benchmark")
     parser.add_argument("--cold-runs", type=int, default=5, help="new processes per cold-start measurement")
     parser.add_argument("--out", default="results/bench", help="folder for bench.json and bench.md")
     args = parser.parse_args(argv)
