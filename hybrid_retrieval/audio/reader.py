@@ -1,8 +1,8 @@
 """Reading many audio files in worker processes, ahead of the model that embeds them.
 
 `AudioReader(paths, window)` decodes and resamples the files (cut into the windows
-`io.audio_windows` cuts them into) in the worker processes of a torch DataLoader while the
-caller runs the tower, and hands each file's windows out in the order of `paths`, so the tower
+`io.audio_windows` cuts them into) in the worker processes of a torch DataLoader (or, with no
+workers, in one thread of this process) while the caller runs the tower, and hands each file's windows out in the order of `paths`, so the tower
 sees the same pieces in the same order as when one process reads them (and computes the same
 outputs, bit for bit). Work goes out in parts of at most MAX_PIECES_PER_PART windows, so memory
 holds a few parts whatever the files' lengths; a part is planned from the file's header, read in
@@ -41,8 +41,8 @@ from hybrid_retrieval.audio.io import (
 # 10-s windows; a loader holds two parts per worker ahead), while a clip of a minute is one unit.
 MAX_PIECES_PER_PART = 8
 # Reader processes: the cores less two, at most 8 (a GPU tower needs several to be kept busy; on a
-# CPU the tower's threads and the readers share the cores: on 2 cores, reading in the main process
-# was the fastest, see BENCHMARKS.md).
+# CPU the tower's threads and the readers share the cores: on 2 cores, reading in a thread of the
+# main process was the fastest, see BENCHMARKS.md).
 DEFAULT_WORKERS = max(0, min(8, (os.cpu_count() or 2) - 2))
 
 Part = tuple[int, range | None, bool]  # (file, window numbers (None: all of a file read whole), last part?)
@@ -72,7 +72,7 @@ class _Parts(Dataset):
 
 
 class AudioReader:
-    """Windows of `paths` read by `workers` processes (0: in this process) ahead of the caller;
+    """Windows of `paths` read by `workers` processes (0: by a thread of this process) ahead of the caller;
     `pieces(paths, failures)` hands them out (see the module docstring). `files_read` counts the
     files handed out, and `progress` (a tqdm bar) is advanced by one for each."""
 

@@ -289,7 +289,7 @@ def write_noise_wav(path: Path, seconds: float, rate: int = 44_100, seed: int = 
 
 CATALOGUE_RATES = (16_000, 22_050, 32_000, 44_100, 48_000)
 CATALOGUE_VARIANTS = {"tower": "audio tower alone (clips decoded beforehand)",
-                      "e2e-0": "files to index, read in the main process (0 workers)",
+                      "e2e-0": "files to index, read by a thread of the main process (0 workers)",
                       "e2e-1": "files to index, 1 reader process",
                       "e2e-2": "files to index, 2 reader processes"}
 

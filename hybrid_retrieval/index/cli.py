@@ -72,7 +72,7 @@ def add_index_commands(sub: argparse._SubParsersAction) -> None:
                             "(default: the audio model's training clip length, 10 s; 0: whole clips)")
     build.add_argument("--workers", type=at_least_zero, default=None,
                        help="processes that decode and resample audio ahead of the audio tower (default: the "
-                            "cores less two, at most 8; 0: read in the main process)")
+                            "cores less two, at most 8; 0: read by a thread of the main process)")
     build.add_argument("--shard-items", type=at_least_one, default=1024,
                        help="items per shard of a build under torchrun (the unit a killed build resumes from)")
     build.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
