@@ -138,3 +138,28 @@ def test_reading_leaves_the_global_random_state_alone(mixed_clips: list[Path], w
     with AudioReader(mixed_clips, SR * 10, workers=workers) as reader:
         pieces = list(reader.pieces(mixed_clips, {}))
     assert pieces and torch.equal(torch.get_rng_state(), before)
+
+
+def test_the_reader_thread_reads_ahead_hands_on_errors_and_stops(mixed_clips: list[Path],
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no worker processes, one thread reads ahead (at most `prefetch` parts); an error raised
+    while reading (not a bad file, which is handed out in its turn) reaches the caller, and
+    closing the reader stops its thread."""
+    import threading
+
+    def alive() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "hybrid-retrieval-reader"]
+
+    with AudioReader(mixed_clips, SR * 10, workers=0, prefetch=1) as reader:
+        failures: dict = {}
+        first = next(reader.pieces(mixed_clips, failures))
+        assert first[0] == 0 and alive()
+    assert not alive()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the disk went away")
+
+    monkeypatch.setattr(reader_module, "read_windows", broken)
+    with AudioReader(mixed_clips, SR * 10, workers=0) as reader, pytest.raises(RuntimeError, match="disk went away"):
+        list(reader.pieces(mixed_clips, {}))
+    assert not alive()
