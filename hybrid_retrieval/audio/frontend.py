@@ -132,10 +132,12 @@ class LogMelFrontend(nn.Module):
         multiply mostly zeros and costs about as much as the rest of the front end together."""
         banks = self._banks()
         if banks is not self.mel_banks:  # jittered banks (training): new each batch
-            return torch.stack([torch.sparse.mm(_csr(banks), spectrum) for spectrum in power])
-        if self._sparse is None or self._sparse[0] is not banks:  # made once per device (.to() makes new buffers)
-            self._sparse = (banks, _csr(banks))
-        return torch.stack([torch.sparse.mm(self._sparse[1], spectrum) for spectrum in power])
+            sparse = _csr(banks)
+        else:
+            if self._sparse is None or self._sparse[0] is not banks:  # once per device (.to() makes new buffers)
+                self._sparse = (banks, _csr(banks))
+            sparse = self._sparse[1]
+        return torch.stack([torch.sparse.mm(sparse, spectrum) for spectrum in power])
 
     def forward(self, waveform: Tensor) -> Tensor:
         if waveform.dim() == 1:

@@ -2,11 +2,12 @@
 
 `AudioReader(paths, window)` decodes and resamples the files (cut into the windows
 `io.audio_windows` cuts them into) in the worker processes of a torch DataLoader (or, with no
-workers, in one thread of this process) while the caller runs the tower, and hands each file's windows out in the order of `paths`, so the tower
-sees the same pieces in the same order as when one process reads them (and computes the same
-outputs, bit for bit). Work goes out in parts of at most MAX_PIECES_PER_PART windows, so memory
-holds a few parts whatever the files' lengths; a part is planned from the file's header, read in
-the main process just before the part is handed to a worker. A file that cannot be read is
+workers, in one thread of this process) while the caller runs the tower, and hands each file's
+windows out in the order of `paths`, so the tower sees the same pieces in the same order as
+when one process reads them (and computes the same outputs, bit for bit). Work goes out in parts
+of at most MAX_PIECES_PER_PART windows, so memory holds a few parts whatever the files' lengths;
+a part is planned from the file's header, read in the main process just before the part is
+handed to a worker. A file that cannot be read is
 handed out as its AudioLoadError, in its turn.
 
 Callers that skip files they already have (the feature cache) ask for files in the order of
@@ -165,7 +166,6 @@ class AudioReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
 
 
 class _ReadAhead:

@@ -165,8 +165,8 @@ class AudioTower(nn.Module):
         into windows (io.window_starts: the last one aligned to the clip's end): tokens are
         concatenated, the embedding and logits averaged. Clips shorter than `min_samples` are
         padded to it. A forward pass holds at most `max_forward_samples` of audio whatever
-        `batch_size` (default: CPU_FORWARD_SAMPLES on a CPU, no cap on a GPU). The forward passes run on `runner` (default:
-        `inference_runner()`).
+        `batch_size` (default: CPU_FORWARD_SAMPLES on a CPU, no cap on a GPU). The forward passes
+        run on `runner` (default: `inference_runner()`).
         """
         window = self.window_samples(window_seconds)
         pieces = ((i, wave[start:start + window] if window else wave)
@@ -202,11 +202,11 @@ class AudioTower(nn.Module):
         pending: dict[int, list[tuple[int, int, Tensor]]] = {}  # length -> (clip, piece number, piece)
         counts = [0] * n_clips
 
-        def keep(batch: list[tuple[int, int, Tensor]]) -> Callable[[TowerOutput], None]:
+        def run(batch: list[tuple[int, int, Tensor]]) -> None:
             def done(output: TowerOutput) -> None:
                 for (clip, number, _), out in zip(batch, output.to("cpu").unbatch()):
                     outputs[clip][number] = out
-            return done
+            submit(torch.stack([piece for _, _, piece in batch]).to(device), done)
 
         with _forwards(runner) as submit:
             for clip, piece in pieces:
@@ -219,11 +219,11 @@ class AudioTower(nn.Module):
                 queue.append((clip, counts[clip], piece))
                 counts[clip] += 1
                 if len(queue) >= per_forward:
-                    submit(torch.stack([p for _, _, p in queue]).to(device), keep(queue))
+                    run(queue)
                     pending[length] = []
             for queue in pending.values():
                 if queue:
-                    submit(torch.stack([p for _, _, p in queue]).to(device), keep(queue))
+                    run(queue)
         return [[outs[n] for n in range(len(outs))] for outs in outputs]
 
     def _padded(self, wave: Tensor, clip: int) -> Tensor:

@@ -1,14 +1,17 @@
 """A bounded resident set for reads through a memory-mapped store.
 
 A process's resident set counts every page of a mapped file it has touched, for as long as the
-kernel leaves the pages mapped. Reading a large index's store through its mapping (re-ranking
-candidates, adding the catalogue to an approximate index, an exact scan) would leave most of the
-store counted against the process, although those pages are page cache. `PageBudget` watches
-the process's mapped resident pages and, once they have grown past a budget, tells the kernel
-that the process no longer needs the store's pages (madvise MADV_DONTNEED): they leave its
-resident set and stay in the page cache, so reading them again is a minor fault, not a disk
-read. The price is those faults: re-ranking from a released store maps its rows again
-(BENCHMARKS.md, "Search at scale").
+kernel leaves the pages mapped. Reading a large index's store through its mapping (adding the
+catalogue to an approximate index, an exact scan, re-ranking candidates) would leave most of the
+store counted against the process, although those pages are page cache. Two remedies:
+
+* `PageBudget`, for scans: it watches the process's mapped resident pages and, once they have
+  grown past a budget, tells the kernel that the process no longer needs the store's pages
+  (madvise MADV_DONTNEED): they leave its resident set and stay in the page cache, so reading
+  them again is a minor fault, not a disk read.
+* `FileRows`, for a few scattered rows at a time (re-ranking): positioned reads from the mapped
+  file, which map nothing. Through a released mapping each such row would fault again, and a
+  fault maps its whole page-cache folio (BENCHMARKS.md, "Search at scale").
 
 Only a range inside one file-backed mapping that this process has not written to (no
 copy-on-write pages: smaps' `Anonymous` is 0) is released; on anonymous memory, or on written

@@ -9,7 +9,7 @@ cannot remove, so it is rebuilt without them.
 "ivfpq" keeps only product-quantised codes in memory (d/16 bytes a vector), finds `rerank` x k
 candidates with them and re-ranks those exactly against the index's own embeddings, which may be
 a float16 memory-mapped store on disk: a catalogue far larger than memory is searched with the
-memory of its codes (and a bounded share of the store's pages, `residency.PageBudget`).
+memory of its codes (the candidates' rows read from the file, `residency.FileRows`).
 """
 from __future__ import annotations
 
@@ -101,14 +101,14 @@ class FaissBackend:
         self.index: faiss.Index | None = None
         self.settings: dict = {}
         self.ids = RowIds.fresh(0)
-        self._embeddings: Tensor | None = None
-        self._pages: PageBudget | None = None
+        self.embeddings = None
         self.queries: Tensor | None = None  # the recall queries given at build time, kept to re-measure
 
     @property
     def embeddings(self) -> Tensor | None:
-        """The index's matrix (re-ranking, recall), often a mapped store: what is read through it
-        is counted, and its pages released past a budget (`residency.PageBudget`)."""
+        """The index's matrix (re-ranking, recall), often a mapped store: re-ranking reads its rows
+        from the file (`residency.FileRows`), scans release its pages past a budget
+        (`residency.PageBudget`)."""
         return self._embeddings
 
     @embeddings.setter
