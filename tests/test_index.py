@@ -20,6 +20,7 @@ from hybrid_retrieval.index.backends import exact as exact_module
 from hybrid_retrieval.index.backends.base import recall_at_k
 from hybrid_retrieval.index.backends.exact import exact_search
 from hybrid_retrieval.index.backends.faiss_backend import FaissBackend
+from hybrid_retrieval.index.residency import FileRows
 from hybrid_retrieval.model import create_model
 from hybrid_retrieval.training.checkpoint import TrainingState, save_checkpoint
 
@@ -192,6 +193,8 @@ def test_approximate_index_reaches_its_recall_and_round_trips(kind: str, tmp_pat
     loaded = load_index(tmp_path / "a.index")
     assert loaded.info["search"] == settings and loaded.embeddings.dtype == index.embeddings.dtype
     assert torch.equal(loaded.search(queries, 10)[1], approx)  # the tuned setting travels with the index
+    if kind == "ivfpq":  # the loaded store is mapped: its candidates were read from the file, not the mapping
+        assert isinstance(loaded.backend._file_rows, FileRows)
 
 
 @pytest.mark.parametrize("backend", ["torch", "faiss"])
