@@ -8,6 +8,7 @@ import ctypes
 import logging
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -282,14 +283,26 @@ def test_an_openvino_compile_leaves_the_signal_stack_as_it_was(random_tower: Aud
     assert _signal_stack() == before
 
 
-def test_overlapped_forwards_keep_order_and_give_the_threads_back(random_tower: AudioTower,
-                                                                  private_cache: Path) -> None:
+@pytest.fixture
+def two_threads() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_overlapped_forwards_keep_order_and_give_the_threads_back(random_tower: AudioTower, private_cache: Path,
+                                                                  two_threads: None) -> None:
     """Many passes: outputs in submission order, equal to one pass at a time; the front end runs on
-    half of torch's threads meanwhile, and the count is restored. One pass: run whole, at once."""
+    half of torch's threads meanwhile and the backbone on the others (a second compiled model),
+    and the count is restored. One pass: run whole, at once."""
     random_tower.runtime = "openvino"
     runner = random_tower.inference_runner()
     clips = [torch.from_numpy(clip)[None] for clip in _clips()]
     threads = torch.get_num_threads()
+    calls = []
+    infer = runner.backbone.__call__
+    runner.backbone = lambda mel, threads=None: calls.append(threads) or infer(mel, threads)
     with torch.inference_mode():
         expected = [runner(clip) for clip in clips]
         got, threads_seen = [], []
@@ -300,8 +313,9 @@ def test_overlapped_forwards_keep_order_and_give_the_threads_back(random_tower: 
         assert [i for i, _ in got] == list(range(len(clips)))
         for (_, out), want in zip(got, expected):
             _close(out, want, atol=1e-6)
-        assert threads_seen == [threads] + [max(1, threads // 2)] * (len(clips) - 1)
-        assert torch.get_num_threads() == threads
+        assert threads_seen == [threads] + [1] * (len(clips) - 1)
+        assert calls == [None] * len(clips) + [1] * len(clips) and torch.get_num_threads() == threads
+        assert sorted(infer.__self__._loaded) == [1, 2]
         alone = []
         with runner.overlapped() as submit:
             submit(clips[0], alone.append)
@@ -313,7 +327,7 @@ def test_a_failing_overlapped_pass_raises_and_gives_the_threads_back(random_towe
                                                                      private_cache: Path) -> None:
     random_tower.runtime = "openvino"
     runner = random_tower.inference_runner()
-    broken = RuntimeTower(runner.frontend, lambda mel: (_ for _ in ()).throw(RuntimeError("backbone failed")))
+    broken = RuntimeTower(runner.frontend, lambda mel, threads=None: (_ for _ in ()).throw(RuntimeError("backbone failed")))
     threads = torch.get_num_threads()
     with torch.inference_mode(), pytest.raises(RuntimeError, match="backbone failed"):
         with broken.overlapped() as submit:

@@ -12,6 +12,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from hybrid_retrieval.audio import io as audio_io
 from hybrid_retrieval.audio import reader as reader_module
 from hybrid_retrieval.audio.io import AudioLoadError, audio_windows
 from hybrid_retrieval.audio.reader import AudioReader
@@ -56,7 +57,7 @@ def test_workers_embed_exactly_what_one_process_reads(mixed_clips: list[Path], m
     """Long files go out in parts (here of 2 windows: d.flac in 4 parts, the 25-s NaN file in 2,
     refused once its last part is read); the outputs equal those of the file-by-file reading of
     `io.audio_windows` in this process, bit for bit."""
-    monkeypatch.setattr(reader_module, "MAX_PIECES_PER_PART", 2)
+    monkeypatch.setattr(audio_io, "WINDOWS_PER_READ", 2)
     expected = embed_audio_files(mn04, mixed_clips, window_seconds=10.0)
     with AudioReader(mixed_clips, mn04.window_samples(10.0), workers=workers) as reader:
         parallel = embed_audio_files(mn04, mixed_clips, window_seconds=10.0, reader=reader)

@@ -121,6 +121,30 @@ def test_audio_windows_are_the_windows_of_the_whole_file(tmp_path: Path, rate: i
     assert len(short) == 1 and np.array_equal(short[0], whole)
 
 
+def test_windows_are_read_a_group_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A group of windows is decoded in one read of its span (the overlap of the last window and
+    the margins read once), and any windows of a group read alone equal, bit for bit, what reading
+    the whole file window by window gives them."""
+    path = _noise(tmp_path / "long.flac", 44_100, 45.3, fmt="FLAC")  # windows at 0, 10, 20, 30 and 35.3 s
+    window = 10 * SR
+    monkeypatch.setattr(io, "WINDOWS_PER_READ", 2)
+    requested: list[int] = []
+    original = sf.SoundFile.read
+
+    def read(self, frames=-1, *args, **kwargs):
+        requested.append(frames)
+        return original(self, frames, *args, **kwargs)
+
+    monkeypatch.setattr(sf.SoundFile, "read", read)
+    pieces = list(audio_windows(path, window))
+    margin = -(-io.RESAMPLE_MARGIN * 44_100 // SR) + 441
+    assert len(pieces) == 5 and len(requested) == 3  # groups (0, 1), (2, 3), (4)
+    assert sum(requested) <= 45.3 * 44_100 + 5 * 44_100 + 6 * margin  # the last window's overlap, once
+    for numbers in (range(1, 2), range(2, 4), range(3, 5), range(0, 5)):
+        alone, _ = io.read_windows(path, window, numbers)
+        assert all(np.array_equal(a, pieces[n]) for a, n in zip(alone, numbers, strict=True))
+
+
 def test_random_crop_reads_the_crop_of_the_whole_file(tmp_path: Path) -> None:
     path = _noise(tmp_path / "clip.wav", SR, 12.0)
     whole = load_audio(path)

@@ -2,7 +2,7 @@
 
 Whole files or windows of them. `load_audio(path, offset=, duration=)` seeks to the window and
 decodes only it, so a crop of a long recording costs what a short file costs; `audio_windows`
-reads a long file window by window (memory bounded by the window, not the file). `check_audio`
+reads a long file a group of windows at a time (memory bounded by the group, not the file). `check_audio`
 tells, reading little, whether a file can be used at all, and `usable_audio` sorts a list of
 files with one warning per file it drops.
 """
@@ -24,6 +24,10 @@ from hybrid_retrieval.errors import BadInputError, NotFoundError
 SAMPLE_RATE = 32_000
 # Frames decoded per read when a file is scanned or skipped through, so memory stays bounded.
 BLOCK_FRAMES = 1 << 16
+# Windows of a long file decoded and resampled in one read (`_pieces`): memory holds one such
+# group of windows whatever the file's length, and readers in parts (`audio.reader`) use it as
+# their part.
+WINDOWS_PER_READ = 8
 # Samples (at the target rate) read beyond each side of a window before it is resampled, so that
 # the resampling filter sees the window's real neighbourhood instead of ringing at cut edges.
 RESAMPLE_MARGIN = 1024
@@ -133,10 +137,13 @@ def audio_info(path: str | Path) -> AudioInfo:
         return AudioInfo(path, handle.frames, handle.samplerate, handle.channels, handle.subtype, handle.seekable())
 
 
-def _mono(data: np.ndarray) -> tuple[np.ndarray, bool]:
+def _mono(data: np.ndarray, subtype: str) -> tuple[np.ndarray, bool]:
     """(frames, channels) -> (frames,) with channels averaged and NaN/inf samples set to 0, and
-    whether any sample was finite."""
-    mono = data.mean(axis=1)
+    whether any sample was finite. Samples decoded from integer PCM (`subtype` PCM_*, FLAC's
+    too) are finite by construction and are not scanned."""
+    mono = data[:, 0] if data.shape[1] == 1 else data.mean(axis=1)
+    if subtype.startswith("PCM_"):
+        return mono, len(mono) > 0
     finite = np.isfinite(mono)
     if finite.all():
         return mono, len(mono) > 0
@@ -174,7 +181,7 @@ def _read_all(handle: sf.SoundFile, path: Path, sample_rate: int) -> np.ndarray:
         data = handle.read(dtype="float32", always_2d=True)
     else:
         data = np.concatenate([np.zeros((0, handle.channels), dtype=np.float32), *_blocks(handle)])
-    mono, finite = _mono(data)
+    mono, finite = _mono(data, handle.subtype)
     if not finite:
         raise no_finite_samples(path)
     return resample(mono, handle.samplerate, sample_rate)
@@ -197,16 +204,18 @@ def _read_window(handle: sf.SoundFile, path: Path, start: int, length: int,
         return np.zeros(0, dtype=np.float32), False
     if rate == sample_rate:
         _skip_to(handle, path, start)
-        return _mono(handle.read(stop - start, dtype="float32", always_2d=True))
+        return _mono(handle.read(stop - start, dtype="float32", always_2d=True), handle.subtype)
     common = math.gcd(rate, sample_rate)
     step_in, step_out = rate // common, sample_rate // common  # grid points meet every step_in frames
     first = max(0, start - RESAMPLE_MARGIN) // step_out
     last = -(-min(total, stop + RESAMPLE_MARGIN) // step_out)
     _skip_to(handle, path, first * step_in)
     data = handle.read(min(handle.frames, last * step_in) - first * step_in, dtype="float32", always_2d=True)
-    mono, finite = _mono(data)
+    mono, finite = _mono(data, handle.subtype)
     wave = resample(mono, rate, sample_rate)[start - first * step_out:stop - first * step_out]
-    return np.pad(wave, (0, stop - start - len(wave))), finite
+    if len(wave) < stop - start:
+        wave = np.pad(wave, (0, stop - start - len(wave)))
+    return wave, finite
 
 
 def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE, offset: float | None = None,
@@ -244,7 +253,12 @@ def _pieces(handle: sf.SoundFile, path: Path, window: int | None, sample_rate: i
             numbers: range | None = None) -> Iterator[tuple[np.ndarray, bool]]:
     """(window, whether any sample read was finite) of an open file, for the window numbers
     `numbers` (default all) at `window_starts`. A file no longer than a window (or `window` None)
-    is one piece, read whole; one that cannot seek is decoded whole and cut (said once per file)."""
+    is one piece, read whole; one that cannot seek is decoded whole and cut (said once per file).
+    Otherwise the windows are read in groups of WINDOWS_PER_READ (numbers 0 to 7, 8 to 15, ...):
+    each group's span is decoded and resampled once and cut, so the audio two windows share (the
+    last window overlaps the one before) and the resampling margins are not decoded twice. A
+    window's samples depend only on its group, so reading some windows gives what reading all
+    gives for them; the finite flag is the group's."""
     total = resampled_length(handle.frames, handle.samplerate, sample_rate)
     if window is None or total <= window or not handle.seekable():
         if window is not None and total > window:
@@ -255,8 +269,14 @@ def _pieces(handle: sf.SoundFile, path: Path, window: int | None, sample_rate: i
             yield (wave[starts[n]:starts[n] + window] if window is not None else wave), True
         return
     starts = window_starts(total, window)
+    group, span, finite, offset = -1, np.zeros(0, dtype=np.float32), False, 0
     for n in numbers if numbers is not None else range(len(starts)):
-        yield _read_window(handle, path, starts[n], window, sample_rate)
+        if n // WINDOWS_PER_READ != group:
+            group = n // WINDOWS_PER_READ
+            first, last = group * WINDOWS_PER_READ, min(len(starts), (group + 1) * WINDOWS_PER_READ) - 1
+            offset = starts[first]
+            span, finite = _read_window(handle, path, offset, starts[last] + window - offset, sample_rate)
+        yield span[starts[n] - offset:starts[n] - offset + window], finite
 
 
 def no_finite_samples(path: str | Path) -> AudioLoadError:
@@ -266,7 +286,7 @@ def no_finite_samples(path: str | Path) -> AudioLoadError:
 
 def audio_windows(path: str | Path, window: int | None, sample_rate: int = SAMPLE_RATE) -> Iterator[np.ndarray]:
     """The windows of `window` samples (at `sample_rate`) at `window_starts` over a file, read
-    one at a time, so memory holds a window whatever the file's length. A file no longer than a
+    WINDOWS_PER_READ at a time, so memory holds that many whatever the file's length. A file no longer than a
     window (or `window` None) is one piece, read as `load_audio` reads it; one that cannot seek is
     decoded whole and cut (said once per file). AudioLoadError naming the file as `load_audio`;
     a long file without any finite sample raises it after its last window.
@@ -303,7 +323,7 @@ def check_audio(path: str | Path) -> AudioInfo:
         info = AudioInfo(path, handle.frames, handle.samplerate, handle.channels, handle.subtype, handle.seekable())
         if handle.subtype in FLOAT_SUBTYPES:
             for block in _blocks(handle):
-                if _mono(block)[1]:
+                if _mono(block, handle.subtype)[1]:
                     break
             else:
                 raise no_finite_samples(path)

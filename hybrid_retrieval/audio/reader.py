@@ -5,7 +5,8 @@
 workers, in one thread of this process) while the caller runs the tower, and hands each file's
 windows out in the order of `paths`, so the tower sees the same pieces in the same order as
 when one process reads them (and computes the same outputs, bit for bit). Work goes out in parts
-of at most MAX_PIECES_PER_PART windows, so memory holds a few parts whatever the files' lengths;
+of `io.WINDOWS_PER_READ` windows (the groups `io` decodes in one read, so a part's windows are
+those `audio_windows` reads), so memory holds a few parts whatever the files' lengths;
 a part is planned from the file's header, read in the main process just before the part is
 handed to a worker. A file that cannot be read is
 handed out as its AudioLoadError, in its turn.
@@ -28,6 +29,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from hybrid_retrieval.audio import io as audio_io
 from hybrid_retrieval.audio.io import (
     SAMPLE_RATE,
     AudioLoadError,
@@ -38,9 +40,6 @@ from hybrid_retrieval.audio.io import (
     window_starts,
 )
 
-# Windows per unit of work: a part of a long file is at most this much audio in memory (80 s of
-# 10-s windows; a loader holds two parts per worker ahead), while a clip of a minute is one unit.
-MAX_PIECES_PER_PART = 8
 # Reader processes: the cores less two, at most 8 (a GPU tower needs several to be kept busy; on a
 # CPU the tower's threads and the readers share the cores: on 2 cores, reading in a thread of the
 # main process was the fastest, see BENCHMARKS.md).
@@ -100,8 +99,9 @@ class AudioReader:
                 yield index, None, True
                 continue
             count = len(window_starts(info.length(self.sample_rate), self.window))
-            for start in range(0, count, MAX_PIECES_PER_PART):
-                stop = min(count, start + MAX_PIECES_PER_PART)
+            per_part = audio_io.WINDOWS_PER_READ  # read here, so that a test can change it
+            for start in range(0, count, per_part):
+                stop = min(count, start + per_part)
                 yield index, range(start, stop), stop == count
 
     def _next_part(self) -> tuple:

@@ -164,43 +164,58 @@ def _kept_signal_stack():
         libc.sigaltstack(ctypes.byref(before), None)  # SS_DISABLE in its flags if there was none
 
 
+# infer(mel as a float32 array) -> the graph's outputs, in the order of its output names.
+Infer = Callable[[np.ndarray], list[np.ndarray]]
+
+
+def _compile(path: Path, runtime: str, threads: int) -> tuple[Infer, list[str]]:
+    """The exported backbone at `path` loaded in `runtime` with `threads` compute threads, float32
+    throughout: its infer function and output names."""
+    if runtime == "openvino":
+        import openvino
+
+        core = openvino.Core()
+        # f32: on CPUs with bf16 units OpenVINO would otherwise compute in bf16.
+        with _kept_signal_stack():
+            compiled = core.compile_model(core.read_model(str(path)), "CPU", {
+                "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"})
+        request = compiled.create_infer_request()
+        count = len(compiled.outputs)
+
+        def infer(array: np.ndarray) -> list[np.ndarray]:
+            request.infer({0: array})
+            return [request.get_output_tensor(i).data.copy() for i in range(count)]
+
+        return infer, [output.get_any_name() for output in compiled.outputs]
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    # Idle threads sleep instead of spinning, which would take the cores from torch's front end.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return (lambda array: session.run(None, {"mel": array})), [output.name for output in session.get_outputs()]
+
+
 class RuntimeBackbone:
     """An exported backbone loaded in OpenVINO or ONNX Runtime: log-mel (batch, n_mels, frames)
-    -> TowerOutput, with `threads` compute threads, float32 throughout. Safe to call from several
-    threads (calls run one at a time)."""
+    -> TowerOutput, float32 throughout, on `threads` compute threads or, asked for, on fewer
+    (a runtime fixes the count when it loads a model: each other count is loaded once, when first
+    asked for). Safe to call from several threads (calls run one at a time)."""
 
     def __init__(self, path: Path, runtime: str, threads: int) -> None:
-        self.runtime = runtime
+        self.runtime, self.path, self.threads = runtime, path, threads
         self._lock = threading.Lock()
-        if runtime == "openvino":
-            import openvino
+        infer, self._names = _compile(path, runtime, threads)
+        self._loaded = {threads: infer}
 
-            core = openvino.Core()
-            # f32: on CPUs with bf16 units OpenVINO would otherwise compute in bf16.
-            with _kept_signal_stack():
-                compiled = core.compile_model(core.read_model(str(path)), "CPU", {
-                    "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads,
-                    "PERFORMANCE_HINT": "LATENCY"})
-            self._request = compiled.create_infer_request()
-            self._names = [output.get_any_name() for output in compiled.outputs]
-        else:
-            import onnxruntime
-
-            options = onnxruntime.SessionOptions()
-            options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-            # Idle threads sleep instead of spinning, which would take the cores from torch's front end.
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            self._session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-            self._names = [output.name for output in self._session.get_outputs()]
-
-    def __call__(self, mel: Tensor) -> TowerOutput:
+    def __call__(self, mel: Tensor, threads: int | None = None) -> TowerOutput:
         array = np.ascontiguousarray(mel.numpy(), dtype=np.float32)
+        threads = self.threads if threads is None else threads
         with self._lock:
-            if self.runtime == "openvino":
-                self._request.infer({0: array})
-                values = [self._request.get_output_tensor(i).data.copy() for i in range(len(self._names))]
-            else:
-                values = self._session.run(None, {"mel": array})
+            if threads not in self._loaded:
+                self._loaded[threads] = _compile(self.path, self.runtime, threads)[0]
+            values = self._loaded[threads](array)
         out = dict(zip(self._names, (torch.from_numpy(v) for v in values)))
         return TowerOutput(out["tokens"], out["mask"].bool(), out["embedding"], out.get("logits"))
 
@@ -223,12 +238,13 @@ class RuntimeTower:
     def overlapped(self) -> Iterator[Submit]:
         """A `submit(waveforms, done)` for many forward passes: from the second one on, the front
         end of each batch runs in the calling thread, on half of torch's threads, while the
-        backbone of the batch before runs in a background thread (one in flight). `done(output)`
-        is called for each batch in the order submitted, the last ones when the block ends; a
-        block with a single batch runs it as `__call__` does, on every thread. On a CPU this ran
-        faster than front end and backbone in turn, each on all cores (BENCHMARKS.md): the two
-        thread pools no longer hand the cores to each other at every batch. torch's thread count
-        is lowered for the duration of the block and restored after."""
+        backbone of the batch before runs in a background thread on the other half (one in
+        flight). `done(output)` is called for each batch in the order submitted, the last ones
+        when the block ends; a block with a single batch runs it as `__call__` does, on every
+        thread. On a CPU this ran faster than front end and backbone in turn, each on all cores
+        (BENCHMARKS.md): the two thread pools no longer hand the cores to each other at every
+        batch, and together they ask for no more threads than there are. torch's thread count is
+        lowered for the duration of the block and restored after."""
         forwards = _OverlappedForwards(self)
         try:
             yield forwards.submit
@@ -266,7 +282,8 @@ class _OverlappedForwards:
     def _front(self, waveforms: Tensor, done: Callable[[TowerOutput], None]) -> None:
         mel = self.tower.frontend(waveforms)
         self._finish()
-        self.pending = (self.executor.submit(self.tower.backbone, mel), done)
+        backbone_threads = max(1, self.threads - torch.get_num_threads())
+        self.pending = (self.executor.submit(self.tower.backbone, mel, backbone_threads), done)
 
     def _finish(self) -> None:
         if self.pending is not None:
