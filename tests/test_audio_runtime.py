@@ -334,3 +334,25 @@ def test_a_failing_overlapped_pass_raises_and_gives_the_threads_back(random_towe
             for clip in _clips()[:3]:
                 submit(torch.from_numpy(clip)[None], lambda out: None)
     assert torch.get_num_threads() == threads
+
+
+def test_cpu_forward_passes_hold_one_clip_in_a_runtime_and_four_in_torch(random_tower: AudioTower,
+                                                                         private_cache: Path) -> None:
+    """The default cap on a CPU forward pass: one 10-s clip in a runtime (its passes overlap with
+    the next front end), four in torch; clips of half the length go two and eight at a time."""
+    clips = [np.zeros(10 * SR, dtype=np.float32)] * 5 + [np.zeros(5 * SR, dtype=np.float32)] * 9
+    eager = random_tower.inference_runner()
+    sizes: list[int] = []
+
+    def recording(waveforms: torch.Tensor):
+        sizes.append(waveforms.shape[0])
+        return eager(waveforms)
+
+    random_tower.embed_waveforms(clips, batch_size=32, runner=recording)
+    assert sizes == [4, 8, 1, 1]  # full passes as they fill, the rest at the end
+    random_tower.runtime = "openvino"
+    runner = random_tower.inference_runner()
+    frontend, sizes[:] = runner.frontend, []
+    runner.frontend = lambda waveforms: sizes.append(waveforms.shape[0]) or frontend(waveforms)
+    random_tower.embed_waveforms(clips, batch_size=32)
+    assert sizes == [1] * 5 + [2] * 4 + [1]

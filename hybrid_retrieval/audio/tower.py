@@ -38,11 +38,13 @@ from hybrid_retrieval.fingerprint import module_state_hash
 from hybrid_retrieval.lazy import import_object
 from hybrid_retrieval.outputs import TowerOutput
 
-# Audio per forward pass on a CPU: 4 clips of 10 s at 32 kHz; larger passes ran slower per clip,
-# their activations no longer fitting the caches, and in a runtime (whose passes overlap with the
-# front end of the next, `RuntimeTower.overlapped`) 2 or 8 clips a pass ran slower too
-# (BENCHMARKS.md, "Audio embedding throughput").
+# Audio per forward pass on a CPU, in torch: 4 clips of 10 s at 32 kHz; larger passes ran slower
+# per clip, their activations no longer fitting the caches, and smaller ones too. In a runtime,
+# whose passes overlap with the front end of the next on their own threads
+# (`RuntimeTower.overlapped`), one clip a pass ran fastest (BENCHMARKS.md, "Audio embedding
+# throughput").
 CPU_FORWARD_SAMPLES = 4 * 10 * 32_000
+RUNTIME_FORWARD_SAMPLES = 10 * 32_000
 # The clip length of AudioSet, which the audio families' released weights were trained on.
 AUDIOSET_CLIP_SECONDS = 10.0
 # What embeds waveforms (batch, samples) of one length: an inference copy or a RuntimeTower.
@@ -165,8 +167,8 @@ class AudioTower(nn.Module):
         into windows (io.window_starts: the last one aligned to the clip's end): tokens are
         concatenated, the embedding and logits averaged. Clips shorter than `min_samples` are
         padded to it. A forward pass holds at most `max_forward_samples` of audio whatever
-        `batch_size` (default: CPU_FORWARD_SAMPLES on a CPU, no cap on a GPU). The forward passes
-        run on `runner` (default: `inference_runner()`).
+        `batch_size` (default on a CPU: RUNTIME_FORWARD_SAMPLES in a runtime, CPU_FORWARD_SAMPLES in
+        torch; no cap on a GPU). The forward passes run on `runner` (default: `inference_runner()`).
         """
         window = self.window_samples(window_seconds)
         pieces = ((i, wave[start:start + window] if window else wave)
@@ -197,7 +199,7 @@ class AudioTower(nn.Module):
         runner = runner if runner is not None else self.inference_runner()
         device = next(self.parameters()).device
         if max_forward_samples is None and device.type == "cpu":
-            max_forward_samples = CPU_FORWARD_SAMPLES
+            max_forward_samples = RUNTIME_FORWARD_SAMPLES if isinstance(runner, RuntimeTower) else CPU_FORWARD_SAMPLES
         outputs: list[dict[int, TowerOutput]] = [{} for _ in range(n_clips)]  # clip -> piece number -> output
         pending: dict[int, list[tuple[int, int, Tensor]]] = {}  # length -> (clip, piece number, piece)
         counts = [0] * n_clips
