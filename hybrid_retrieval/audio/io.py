@@ -254,7 +254,7 @@ def _pieces(handle: sf.SoundFile, path: Path, window: int | None, sample_rate: i
     """(window, whether any sample read was finite) of an open file, for the window numbers
     `numbers` (default all) at `window_starts`. A file no longer than a window (or `window` None)
     is one piece, read whole; one that cannot seek is decoded whole and cut (said once per file).
-    Otherwise the windows are read in groups of WINDOWS_PER_READ (numbers 0 to 7, 8 to 15, ...):
+    Otherwise the windows are read in groups of WINDOWS_PER_READ (the first so many, the next, ...):
     each group's span is decoded and resampled once and cut, so the audio two windows share (the
     last window overlaps the one before) and the resampling margins are not decoded twice. A
     window's samples depend only on its group, so reading some windows gives what reading all
