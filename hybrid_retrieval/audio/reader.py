@@ -6,10 +6,9 @@ workers, in one thread of this process) while the caller runs the tower, and han
 windows out in the order of `paths`, so the tower sees the same pieces in the same order as
 when one process reads them (and computes the same outputs, bit for bit). Work goes out in parts
 of `io.WINDOWS_PER_READ` windows (the groups `io` decodes in one read, so a part's windows are
-those `audio_windows` reads), so memory holds a few parts whatever the files' lengths;
-a part is planned from the file's header, read in the main process just before the part is
-handed to a worker. A file that cannot be read is
-handed out as its AudioLoadError, in its turn.
+those `audio_windows` reads), so memory holds a few parts whatever the files' lengths; a part is
+planned from the file's header, read in the main process just before the part is handed to a
+worker. A file that cannot be read is handed out as its AudioLoadError, in its turn.
 
 Callers that skip files they already have (the feature cache) ask for files in the order of
 `paths` but may leave some out: a file not asked for is dropped when a later one is asked for,

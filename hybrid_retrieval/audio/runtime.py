@@ -267,13 +267,16 @@ class _OverlappedForwards:
         self.pending: tuple[Future, Callable[[TowerOutput], None]] | None = None
         self.executor: ThreadPoolExecutor | None = None
         self.threads = torch.get_num_threads()
+        # from the second batch on: the front end on half of the threads, the backbone on the rest
+        self.front_threads = max(1, self.threads // 2)
+        self.backbone_threads = max(1, self.threads - self.front_threads)
 
     def submit(self, waveforms: Tensor, done: Callable[[TowerOutput], None]) -> None:
         if self.executor is None:
             if self.held is None:
                 self.held = (waveforms, done)
                 return
-            torch.set_num_threads(max(1, self.threads // 2))
+            torch.set_num_threads(self.front_threads)
             self.executor = ThreadPoolExecutor(1, thread_name_prefix="hybrid-retrieval-backbone")
             first, self.held = self.held, None
             self._front(*first)
@@ -282,8 +285,7 @@ class _OverlappedForwards:
     def _front(self, waveforms: Tensor, done: Callable[[TowerOutput], None]) -> None:
         mel = self.tower.frontend(waveforms)
         self._finish()
-        backbone_threads = max(1, self.threads - torch.get_num_threads())
-        self.pending = (self.executor.submit(self.tower.backbone, mel, backbone_threads), done)
+        self.pending = (self.executor.submit(self.tower.backbone, mel, self.backbone_threads), done)
 
     def _finish(self) -> None:
         if self.pending is not None:
