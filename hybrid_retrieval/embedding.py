@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from hybrid_retrieval.audio.io import AudioLoadError
 from hybrid_retrieval.audio.reader import DEFAULT_WORKERS, AudioReader
+from hybrid_retrieval.audio.runtime import RuntimeTower
 from hybrid_retrieval.audio.tower import AudioTower, merge_windows
 from hybrid_retrieval.cache import FeatureCache, audio_key
 from hybrid_retrieval.errors import BadInputError
@@ -52,15 +53,21 @@ def embed_audio_files(tower: AudioTower, paths: Sequence[str | Path], batch_size
     cannot be used; the other files are embedded all the same. With `window_seconds`, a longer
     file is read window by window (`io.audio_windows`) and its windows' outputs merged, so memory
     holds a window and the outputs, not the file. `reader`: an AudioReader (of the same window)
-    whose worker processes read the files ahead of the tower; without one they are read here,
-    one window at a time. Either way the tower sees the same pieces in the same order."""
+    whose worker processes or thread read the files ahead of the tower; without one they are read
+    here, one window at a time. Either way the tower sees the same pieces in the same order. A
+    reader with features (`audio_reader` gives one to a tower whose backbone runs in a runtime)
+    hands out log-mels, and the tower runs its backbone alone on them, on the threads the reader
+    leaves (`AudioReader.backbone_threads`)."""
     window = tower.window_samples(window_seconds)
     source = reader if reader is not None else AudioReader([], window, tower.sample_rate)
     if source.window != window or source.sample_rate != tower.sample_rate:
         raise BadInputError(f"the reader cuts {source.window}-sample windows at {source.sample_rate} Hz, the tower "
                          f"needs {window} at {tower.sample_rate} Hz")
     failures: dict[int, AudioLoadError] = {}
-    per_file = tower.embed_windows(source.pieces(paths, failures), len(paths), batch_size, runner=runner)
+    runner = runner if runner is not None else tower.inference_runner()  # before the thread count changes
+    with source.backbone_threads() as threads:
+        per_file = tower.embed_windows(source.pieces(paths, failures), len(paths), batch_size, runner=runner,
+                                       log_mels=source.features is not None, backbone_threads=threads)
     return [failures[i] if i in failures else merge_windows(outs) for i, outs in enumerate(per_file)]
 
 
@@ -68,10 +75,13 @@ def audio_reader(tower: AudioTower, paths: Sequence[str | Path], cache: FeatureC
                  window_seconds: float | None, workers: int = DEFAULT_WORKERS,
                  progress: tqdm | None = None) -> AudioReader:
     """An AudioReader of the files of `paths` that `cache` does not hold (all without a cache),
-    in order: what `audio_outputs` will ask the tower for."""
+    in order: what `audio_outputs` will ask the tower for. For a tower whose backbone runs in a
+    runtime (on a CPU), the reader computes the log-mels too (`RuntimeTower.log_mels`)."""
     todo = range(len(paths)) if cache is None else cache.missing("audio", [audio_key(p) for p in paths])
+    runner = tower.inference_runner()
     return AudioReader([paths[i] for i in todo], tower.window_samples(window_seconds), tower.sample_rate,
-                       workers=workers, progress=progress)
+                       workers=workers, progress=progress,
+                       features=runner.log_mels if isinstance(runner, RuntimeTower) else None)
 
 
 def audio_outputs(tower: AudioTower, paths: Sequence[str | Path], cache_dir: str | Path | FeatureCache | None = None,

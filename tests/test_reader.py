@@ -15,7 +15,8 @@ from safetensors.torch import load_file, save_file
 from hybrid_retrieval.audio import io as audio_io
 from hybrid_retrieval.audio import reader as reader_module
 from hybrid_retrieval.audio.io import AudioLoadError, audio_windows
-from hybrid_retrieval.audio.reader import AudioReader
+from hybrid_retrieval.audio.reader import AudioReader, _ReadAhead
+from hybrid_retrieval.audio.runtime import RuntimeTower
 from hybrid_retrieval.embedding import audio_outputs, embed_audio_files, embed_catalogue
 from hybrid_retrieval.model import create_model
 
@@ -52,14 +53,19 @@ def _same(a, b) -> None:
 
 
 @pytest.mark.parametrize("workers", [0, 2])
-def test_workers_embed_exactly_what_one_process_reads(mixed_clips: list[Path], mn04, workers: int,
+@pytest.mark.parametrize("log_mels", [False, True])
+def test_workers_embed_exactly_what_one_process_reads(mixed_clips: list[Path], mn04, workers: int, log_mels: bool,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """Long files go out in parts (here of 2 windows: d.flac in 4 parts, the 25-s NaN file in 2,
     refused once its last part is read); the outputs equal those of the file-by-file reading of
-    `io.audio_windows` in this process, bit for bit."""
+    `io.audio_windows` in this process, bit for bit; also when the readers compute the log-mels
+    and the tower runs its backbone alone on them."""
     monkeypatch.setattr(audio_io, "WINDOWS_PER_READ", 2)
     expected = embed_audio_files(mn04, mixed_clips, window_seconds=10.0)
-    with AudioReader(mixed_clips, mn04.window_samples(10.0), workers=workers) as reader:
+    runner = mn04.inference_runner()
+    assert isinstance(runner, RuntimeTower)  # the runtime extra is installed: the default CPU runner
+    features = runner.log_mels if log_mels else None
+    with AudioReader(mixed_clips, mn04.window_samples(10.0), workers=workers, features=features) as reader:
         parallel = embed_audio_files(mn04, mixed_clips, window_seconds=10.0, reader=reader)
     assert [type(out).__name__ for out in expected].count("AudioLoadError") == 2
     assert "no finite samples" in str(expected[5]) and "not an audio file" in str(expected[2])
@@ -164,3 +170,63 @@ def test_the_reader_thread_reads_ahead_hands_on_errors_and_stops(mixed_clips: li
     with AudioReader(mixed_clips, SR * 10, workers=0) as reader, pytest.raises(RuntimeError, match="disk went away"):
         list(reader.pieces(mixed_clips, {}))
     assert not alive()
+
+
+def test_the_reader_thread_and_the_caller_share_the_features() -> None:
+    """With features, a part is computed once, by whichever thread gets to it first: the caller
+    for a part it takes while the thread is still reading (here held up by the source), the
+    thread for parts waiting once it has read `depth` ahead. Parts come out in order, each
+    equal to the features of its pieces; a part that is an error is handed on as it is."""
+    import threading
+
+    release, computed = threading.Event(), []
+    parts = [(k, np.full((2, 3), float(k), dtype=np.float32), True, True) for k in range(5)]
+
+    def source():
+        yield parts[0]
+        release.wait()
+        yield from parts[1:]
+        yield 5, AudioLoadError("bad file")
+
+    def features(pieces: torch.Tensor) -> torch.Tensor:
+        computed.append((int(pieces[0, 0]), threading.current_thread().name))
+        return pieces * 2
+
+    reader = _ReadAhead(source(), depth=5, features=features)
+    try:
+        first = next(reader)  # the thread waits on the source: the caller computes part 0
+        assert computed == [(0, threading.current_thread().name)]
+        release.set()
+        deadline = threading.Event()
+        for _ in range(200):  # the thread reads parts 1-4 and the error, then computes 1-4 while they wait
+            if len(computed) == 5:
+                break
+            deadline.wait(0.05)
+        rest = list(reader)
+    finally:
+        reader.close()
+    assert computed[1:] == [(k, "hybrid-retrieval-reader") for k in range(1, 5)]
+    assert [p[0] for p in [first, *rest]] == list(range(6))
+    for part, out in zip(parts, [first, *rest]):
+        assert torch.equal(out[1], torch.from_numpy(part[1]) * 2) and out[2:] == part[2:]
+    assert isinstance(rest[-1][1], AudioLoadError)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_backbone_beside_a_reader_thread_gets_the_other_threads(mixed_clips: list[Path], mn04, workers: int) -> None:
+    """Beside a reader thread computing features: torch on one thread in the block (the caller's
+    own front ends), the backbone on the rest, and the count restored after. Beside reader
+    processes, or a reader without features: torch's count, unchanged."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        features = mn04.inference_runner().log_mels
+        with AudioReader(mixed_clips, SR * 10, workers=workers, features=features) as reader:
+            with reader.backbone_threads() as threads:
+                inside = torch.get_num_threads()
+        with AudioReader(mixed_clips, SR * 10, workers=0) as plain, plain.backbone_threads() as plain_threads:
+            assert plain_threads == 2 and torch.get_num_threads() == 2
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert (threads, inside) == ((1, 1) if workers == 0 else (2, 2))

@@ -8,7 +8,9 @@ when one process reads them (and computes the same outputs, bit for bit). Work g
 of `io.WINDOWS_PER_READ` windows (the groups `io` decodes in one read, so a part's windows are
 those `audio_windows` reads), so memory holds a few parts whatever the files' lengths; a part is
 planned from the file's header, read in the main process just before the part is handed to a
-worker. A file that cannot be read is handed out as its AudioLoadError, in its turn.
+worker. A file that cannot be read is handed out as its AudioLoadError, in its turn. Given
+`features` (a CPU tower's log-mel front end), the readers compute them too and hand out each
+window's features, so that the caller's thread runs only the backbone.
 
 Callers that skip files they already have (the feature cache) ask for files in the order of
 `paths` but may leave some out: a file not asked for is dropped when a later one is asked for,
@@ -16,11 +18,12 @@ and a file asked for that was never queued is read on the spot.
 """
 from __future__ import annotations
 
+import collections
+import contextlib
 import logging
 import os
-import queue
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +47,15 @@ from hybrid_retrieval.audio.io import (
 # main process was the fastest, see BENCHMARKS.md).
 DEFAULT_WORKERS = max(0, min(8, (os.cpu_count() or 2) - 2))
 
+# Parts read ahead: per worker process, and by the reader thread (which also computes features
+# while that many wait, so a deeper queue keeps it busy through a run of short files; see
+# `_ReadAhead`).
+WORKER_PREFETCH, THREAD_READ_AHEAD = 2, 8
+
 Part = tuple[int, range | None, bool]  # (file, window numbers (None: all of a file read whole), last part?)
+# What a reader may compute from a part's windows before handing them out: (pieces, samples) ->
+# (pieces, ...), each row computed from its own window (a CPU tower's log-mel front end).
+Features = Callable[[torch.Tensor], torch.Tensor]
 
 
 def _quiet_worker(_: int) -> None:
@@ -58,8 +69,9 @@ class _Parts(Dataset):
     part?) or (file, AudioLoadError). Parts are planned as the loader asks for them (the
     loader's sampler is `AudioReader._plan`), so the dataset has no length."""
 
-    def __init__(self, paths: Sequence[str], window: int | None, sample_rate: int) -> None:
-        self.paths, self.window, self.sample_rate = paths, window, sample_rate
+    def __init__(self, paths: Sequence[str], window: int | None, sample_rate: int,
+                 features: Features | None = None) -> None:
+        self.paths, self.window, self.sample_rate, self.features = paths, window, sample_rate, features
 
     def __getitem__(self, part: Part) -> tuple:
         index, numbers, last = part
@@ -67,22 +79,31 @@ class _Parts(Dataset):
             pieces, finite = read_windows(self.paths[index], self.window, numbers, self.sample_rate)
         except AudioLoadError as exc:
             return index, exc
-        return index, np.stack(pieces), finite, last  # the pieces of a part have one length
+        stacked = np.stack(pieces)  # the pieces of a part have one length
+        if self.features is not None:
+            return index, self.features(torch.from_numpy(stacked)), finite, last
+        return index, stacked, finite, last
 
 
 class AudioReader:
     """Windows of `paths` read by `workers` processes (0: by a thread of this process) ahead of the caller;
     `pieces(paths, failures)` hands them out (see the module docstring). `files_read` counts the
-    files handed out, and `progress` (a tqdm bar) is advanced by one for each."""
+    files handed out, and `progress` (a tqdm bar) is advanced by one for each. `prefetch`: parts
+    read ahead per worker process, or by the thread (default WORKER_PREFETCH, THREAD_READ_AHEAD).
+    With `features`, each window is handed out as its features, computed by whoever reads it (the
+    worker processes; or the reader thread and the caller's, see `_ReadAhead`): a CPU tower's
+    log-mels, so that the caller runs only the backbone (`embedding.embed_audio_files`)."""
 
     def __init__(self, paths: Sequence[str | Path], window: int | None, sample_rate: int = SAMPLE_RATE,
-                 workers: int = DEFAULT_WORKERS, prefetch: int = 2, progress: tqdm | None = None) -> None:
+                 workers: int = DEFAULT_WORKERS, prefetch: int | None = None, progress: tqdm | None = None,
+                 features: Features | None = None) -> None:
         self.paths = [str(p) for p in paths]
-        self.window, self.sample_rate = window, sample_rate
+        self.window, self.sample_rate, self.features = window, sample_rate, features
         self._queue_position = {path: i for i, path in reversed(list(enumerate(self.paths)))}
         self._head = 0  # the next file the loader hands out
         self._loader: Iterator[tuple] | None = None
-        self._workers, self._prefetch = workers, prefetch
+        self._workers = workers
+        self._prefetch = prefetch if prefetch is not None else (WORKER_PREFETCH if workers else THREAD_READ_AHEAD)
         self.progress, self.files_read = progress, 0
 
     def _plan(self) -> Iterator[Part]:
@@ -106,14 +127,15 @@ class AudioReader:
     def _next_part(self) -> tuple:
         if self._loader is None:
             workers = self._workers
-            loader = DataLoader(_Parts(self.paths, self.window, self.sample_rate), batch_size=None,
+            loader = DataLoader(_Parts(self.paths, self.window, self.sample_rate, self.features if workers else None),
+                                batch_size=None,
                                 sampler=self._plan(), num_workers=workers,
                                 prefetch_factor=self._prefetch if workers else None,
                                 worker_init_fn=_quiet_worker if workers else None,
                                 # its own generator: iterating a loader draws a seed, which must not
                                 # move the global RNG that training's crops and dropout continue from
                                 generator=torch.Generator())
-            self._loader = iter(loader) if workers else _ReadAhead(iter(loader), self._prefetch)
+            self._loader = iter(loader) if workers else _ReadAhead(iter(loader), self._prefetch, self.features)
         return next(self._loader)
 
     def _take(self, index: int, failures: dict[int, AudioLoadError], local: int) -> Iterator[tuple[int, torch.Tensor]]:
@@ -147,12 +169,29 @@ class AudioReader:
             else:
                 try:  # not queued (or already handed out): read here
                     for piece in audio_windows(path, self.window, self.sample_rate):
-                        yield local, torch.as_tensor(piece)
+                        piece = torch.as_tensor(piece)
+                        yield local, piece if self.features is None else self.features(piece[None])[0]
                 except AudioLoadError as exc:
                     failures[local] = exc
             self.files_read += 1
             if self.progress is not None:
                 self.progress.update(1)
+
+    @contextlib.contextmanager
+    def backbone_threads(self) -> Iterator[int]:
+        """The torch threads a backbone should run on beside this reader, for the duration of the
+        block. A reader thread computing features takes one of torch's threads (the count is
+        lowered to one meanwhile, for the front ends the caller computes itself, and restored
+        after); worker processes take none of this process's."""
+        threads = torch.get_num_threads()
+        if self.features is None or self._workers:
+            yield threads
+            return
+        torch.set_num_threads(1)
+        try:
+            yield max(1, threads - 1)
+        finally:
+            torch.set_num_threads(threads)
 
     def close(self) -> None:
         """Stop the worker processes or thread (also when the reader is dropped)."""
@@ -171,34 +210,72 @@ class _ReadAhead:
     """The parts of a loader without worker processes, read by one thread of this process at
     most `depth` parts ahead: decoding (libsndfile) and resampling (soxr) release the GIL, so
     files are read while the caller's thread runs the tower, without a process's start-up or
-    copies. Parts come out in the loader's order; an error raised reading is raised here."""
+    copies. Parts come out in the loader's order; an error raised reading is raised here.
+
+    With `features`, the two threads share the front end: while `depth` parts wait, the thread
+    computes the features of the oldest waiting part nobody has started, and the caller computes
+    those of a part it takes that nobody has. On a CPU whose cores the backbone and the reading
+    share this keeps both threads busy whichever of reading, front end and backbone is the
+    slower, where a fixed split of the work leaves one of them waiting (BENCHMARKS.md)."""
 
     _END = object()
+    _RAW, _BUSY, _DONE = "raw", "busy", "done"  # the states of a waiting part's features
 
-    def __init__(self, parts: Iterator[tuple], depth: int) -> None:
-        self._queue: queue.Queue = queue.Queue(max(1, depth))
-        self._stop = threading.Event()
-        self._ended = False
-        self._thread = threading.Thread(target=self._read, args=(parts,), name="hybrid-retrieval-reader", daemon=True)
+    def __init__(self, parts: Iterator[tuple], depth: int, features: Features | None = None) -> None:
+        self._features = features
+        self._depth = max(1, depth)
+        self._waiting: collections.deque[list] = collections.deque()  # [part or _END or exception, state]
+        self._changed = threading.Condition()
+        self._stop = self._ended = False
+        self._thread = threading.Thread(target=self._run, args=(parts,), name="hybrid-retrieval-reader", daemon=True)
         self._thread.start()
 
-    def _read(self, parts: Iterator[tuple]) -> None:
-        try:
-            for part in parts:
-                if not self._put(part):
-                    return
-            self._put(self._END)
-        except BaseException as exc:  # handed to the caller, who raises it
-            self._put(exc)
-
-    def _put(self, entry: object) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(entry, timeout=0.1)
-                return True
-            except queue.Full:
+    def _run(self, parts: Iterator[tuple]) -> None:
+        if self._features is not None:
+            # This thread's own torch thread count (each thread keeps its own): the front end on
+            # one, beside the caller's thread, which runs the backbone.
+            torch.set_num_threads(1)
+        exhausted = False
+        while True:
+            with self._changed:
+                while True:
+                    if self._stop:
+                        return
+                    if not exhausted and len(self._waiting) < self._depth:
+                        entry = None  # read the next part
+                        break
+                    entry = next((e for e in self._waiting if e[1] == self._RAW), None)
+                    if entry is not None:
+                        entry[1] = self._BUSY
+                        break
+                    if exhausted:
+                        return
+                    self._changed.wait()
+            if entry is not None:
+                self._compute(entry)
                 continue
-        return False
+            try:
+                part = next(parts)
+            except StopIteration:
+                part = self._END
+            except BaseException as exc:  # handed to the caller, who raises it
+                part = exc
+            exhausted = part is self._END or isinstance(part, BaseException)
+            state = self._RAW if self._features is not None and not exhausted and len(part) == 4 else self._DONE
+            with self._changed:
+                self._waiting.append([part, state])
+                self._changed.notify_all()
+
+    def _compute(self, entry: list) -> None:
+        """The features of a waiting part (state _BUSY, claimed by the calling thread)."""
+        index, pieces, finite, last = entry[0]
+        try:
+            entry[0] = (index, self._features(torch.as_tensor(pieces)), finite, last)
+        except BaseException as exc:  # handed to the caller, who raises it
+            entry[0] = exc
+        with self._changed:
+            entry[1] = self._DONE
+            self._changed.notify_all()
 
     def __iter__(self) -> _ReadAhead:
         return self
@@ -206,15 +283,28 @@ class _ReadAhead:
     def __next__(self) -> tuple:
         if self._ended:
             raise StopIteration
-        entry = self._queue.get()
-        if entry is self._END:
+        with self._changed:
+            self._changed.wait_for(lambda: self._waiting)
+            entry = self._waiting.popleft()
+            self._changed.notify_all()  # room for the next part
+            mine = entry[1] == self._RAW
+            if mine:
+                entry[1] = self._BUSY
+        if mine:
+            self._compute(entry)
+        with self._changed:
+            self._changed.wait_for(lambda: entry[1] == self._DONE)
+        part = entry[0]
+        if part is self._END:
             self._ended = True
             raise StopIteration
-        if isinstance(entry, BaseException):
+        if isinstance(part, BaseException):
             self._ended = True
-            raise entry
-        return entry
+            raise part
+        return part
 
     def close(self) -> None:
-        self._stop.set()
+        with self._changed:
+            self._stop = True
+            self._changed.notify_all()
         self._thread.join()

@@ -231,6 +231,11 @@ class RuntimeTower:
     def runtime(self) -> str:
         return self.backbone.runtime
 
+    @property
+    def log_mels(self) -> LogMels:
+        """Its front end as an AudioReader's features, so that readers compute the log-mels."""
+        return LogMels(self.frontend)
+
     def __call__(self, waveform: Tensor) -> TowerOutput:
         return self.backbone(self.frontend(waveform))
 
@@ -251,6 +256,19 @@ class RuntimeTower:
             forwards.flush()
         finally:
             forwards.stop()
+
+
+class LogMels:
+    """A front end as reader features (`audio.reader.Features`): equal-length windows (n, samples)
+    -> their log-mels, padded to the front end's minimum first (as `embed_windows` pads), in
+    inference mode (a reader thread is not in its caller's). Picklable, for reader processes."""
+
+    def __init__(self, frontend: nn.Module) -> None:
+        self.frontend = frontend
+
+    def __call__(self, windows: Tensor) -> Tensor:
+        with torch.inference_mode():
+            return self.frontend(self.frontend.pad_to_minimum(windows))
 
 
 # submit(waveforms, done): run a forward pass, then done(its output), now or later.

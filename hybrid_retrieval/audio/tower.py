@@ -186,8 +186,8 @@ class AudioTower(nn.Module):
 
     @torch.inference_mode()
     def embed_windows(self, pieces: Iterable[tuple[int, np.ndarray | Tensor]], n_clips: int, batch_size: int = 32,
-                      *, max_forward_samples: int | None = None,
-                      runner: Runner | None = None) -> list[list[TowerOutput]]:
+                      *, max_forward_samples: int | None = None, runner: Runner | None = None,
+                      log_mels: bool = False, backbone_threads: int | None = None) -> list[list[TowerOutput]]:
         """The outputs of each clip's pieces (windows), in order, from a stream of (clip index,
         waveform piece). Pieces of one length are batched as they arrive and a batch runs as soon
         as it is full, so memory holds at most one pending batch per piece length besides the
@@ -195,6 +195,11 @@ class AudioTower(nn.Module):
         the consecutive `batch_size` (or capped) runs of each length, as `embed_waveforms`
         describes; on a RuntimeTower, a batch's front end runs while the backbone runs the batch
         before (`RuntimeTower.overlapped`). A clip without pieces gets an empty list.
+
+        With `log_mels`, the pieces are the windows' log-mels (n_mels, frames), already computed
+        (an AudioReader's features, `RuntimeTower.log_mels`): they are batched by frame count
+        (the forward cap counted in frames) and go through the runner's backbone alone, in a
+        runtime on `backbone_threads` (default: its own count).
         """
         runner = runner if runner is not None else self.inference_runner()
         device = next(self.parameters()).device
@@ -210,13 +215,20 @@ class AudioTower(nn.Module):
                     outputs[clip][number] = out
             submit(torch.stack([piece for _, _, piece in batch]).to(device), done)
 
-        with _forwards(runner) as submit:
+        cap = max_forward_samples
+        if log_mels and max_forward_samples is not None:
+            cap = self.frontend.num_frames(max_forward_samples)
+        with _forwards(runner, log_mels, backbone_threads) as submit:
             for clip, piece in pieces:
-                piece = self._padded(torch.as_tensor(piece, dtype=torch.float32).flatten(), clip)
-                length = piece.numel()
+                if log_mels:
+                    piece = torch.as_tensor(piece)
+                    length = piece.shape[-1]
+                else:
+                    piece = self._padded(torch.as_tensor(piece, dtype=torch.float32).flatten(), clip)
+                    length = piece.numel()
                 per_forward = batch_size
-                if max_forward_samples is not None:
-                    per_forward = max(1, min(batch_size, max_forward_samples // length))
+                if cap is not None:
+                    per_forward = max(1, min(batch_size, cap // length))
                 queue = pending.setdefault(length, [])
                 queue.append((clip, counts[clip], piece))
                 counts[clip] += 1
@@ -235,9 +247,16 @@ class AudioTower(nn.Module):
 
 
 @contextlib.contextmanager
-def _forwards(runner: Runner) -> Iterator[Submit]:
-    """The `submit(waveforms, done)` of a runner: a RuntimeTower's overlapped forward passes, or
-    each pass at once."""
+def _forwards(runner: Runner, log_mels: bool = False, backbone_threads: int | None = None) -> Iterator[Submit]:
+    """The `submit(inputs, done)` of a runner: with `log_mels`, each pass of its backbone at once
+    (a runtime's on `backbone_threads`); else a RuntimeTower's overlapped forward passes, or each
+    pass at once."""
+    if log_mels:
+        if isinstance(runner, RuntimeTower):
+            yield lambda mels, done: done(runner.backbone(mels, backbone_threads))
+        else:
+            yield lambda mels, done: done(runner.backbone(mels))
+        return
     if isinstance(runner, RuntimeTower):
         with runner.overlapped() as submit:
             yield submit
