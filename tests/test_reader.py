@@ -215,8 +215,8 @@ def test_the_reader_thread_and_the_caller_share_the_features() -> None:
 @pytest.mark.parametrize("workers", [0, 1])
 def test_a_backbone_beside_a_reader_thread_gets_the_other_threads(mixed_clips: list[Path], mn04, workers: int) -> None:
     """Beside a reader thread computing features: torch on one thread in the block (the caller's
-    own front ends), the backbone on the rest, and the count restored after. Beside reader
-    processes, or a reader without features: torch's count, unchanged."""
+    own front ends), the backbone on the rest, and the count restored after. Reader processes
+    hand out windows, features or not: torch's count, unchanged; as without features."""
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -230,3 +230,4 @@ def test_a_backbone_beside_a_reader_thread_gets_the_other_threads(mixed_clips: l
     finally:
         torch.set_num_threads(before)
     assert (threads, inside) == ((1, 1) if workers == 0 else (2, 2))
+    assert (reader.features is features) == (workers == 0)  # processes hand out windows

@@ -9,8 +9,8 @@ of `io.WINDOWS_PER_READ` windows (the groups `io` decodes in one read, so a part
 those `audio_windows` reads), so memory holds a few parts whatever the files' lengths; a part is
 planned from the file's header, read in the main process just before the part is handed to a
 worker. A file that cannot be read is handed out as its AudioLoadError, in its turn. Given
-`features` (a CPU tower's log-mel front end), the readers compute them too and hand out each
-window's features, so that the caller's thread runs only the backbone.
+`features` (a CPU tower's log-mel front end), a reader thread computes them too, sharing the
+work with the caller's thread, which runs the backbone.
 
 Callers that skip files they already have (the feature cache) ask for files in the order of
 `paths` but may leave some out: a file not asked for is dropped when a later one is asked for,
@@ -69,9 +69,8 @@ class _Parts(Dataset):
     part?) or (file, AudioLoadError). Parts are planned as the loader asks for them (the
     loader's sampler is `AudioReader._plan`), so the dataset has no length."""
 
-    def __init__(self, paths: Sequence[str], window: int | None, sample_rate: int,
-                 features: Features | None = None) -> None:
-        self.paths, self.window, self.sample_rate, self.features = paths, window, sample_rate, features
+    def __init__(self, paths: Sequence[str], window: int | None, sample_rate: int) -> None:
+        self.paths, self.window, self.sample_rate = paths, window, sample_rate
 
     def __getitem__(self, part: Part) -> tuple:
         index, numbers, last = part
@@ -79,10 +78,7 @@ class _Parts(Dataset):
             pieces, finite = read_windows(self.paths[index], self.window, numbers, self.sample_rate)
         except AudioLoadError as exc:
             return index, exc
-        stacked = np.stack(pieces)  # the pieces of a part have one length
-        if self.features is not None:
-            return index, self.features(torch.from_numpy(stacked)), finite, last
-        return index, stacked, finite, last
+        return index, np.stack(pieces), finite, last  # the pieces of a part have one length
 
 
 class AudioReader:
@@ -90,15 +86,18 @@ class AudioReader:
     `pieces(paths, failures)` hands them out (see the module docstring). `files_read` counts the
     files handed out, and `progress` (a tqdm bar) is advanced by one for each. `prefetch`: parts
     read ahead per worker process, or by the thread (default WORKER_PREFETCH, THREAD_READ_AHEAD).
-    With `features`, each window is handed out as its features, computed by whoever reads it (the
-    worker processes; or the reader thread and the caller's, see `_ReadAhead`): a CPU tower's
-    log-mels, so that the caller runs only the backbone (`embedding.embed_audio_files`)."""
+    With `features` and no worker processes, each window is handed out as its features, computed
+    by the reader thread or the caller's, whichever gets to it first (`_ReadAhead`): a CPU tower's
+    log-mels, so that the caller runs only the backbone (`embedding.embed_audio_files`). Worker
+    processes hand out the windows, whatever `features` (features computed there, then sent
+    back as tensors, ran slower here: BENCHMARKS.md)."""
 
     def __init__(self, paths: Sequence[str | Path], window: int | None, sample_rate: int = SAMPLE_RATE,
                  workers: int = DEFAULT_WORKERS, prefetch: int | None = None, progress: tqdm | None = None,
                  features: Features | None = None) -> None:
         self.paths = [str(p) for p in paths]
-        self.window, self.sample_rate, self.features = window, sample_rate, features
+        self.window, self.sample_rate = window, sample_rate
+        self.features = features if not workers else None  # what the pieces handed out are
         self._queue_position = {path: i for i, path in reversed(list(enumerate(self.paths)))}
         self._head = 0  # the next file the loader hands out
         self._loader: Iterator[tuple] | None = None
@@ -127,8 +126,7 @@ class AudioReader:
     def _next_part(self) -> tuple:
         if self._loader is None:
             workers = self._workers
-            loader = DataLoader(_Parts(self.paths, self.window, self.sample_rate, self.features if workers else None),
-                                batch_size=None,
+            loader = DataLoader(_Parts(self.paths, self.window, self.sample_rate), batch_size=None,
                                 sampler=self._plan(), num_workers=workers,
                                 prefetch_factor=self._prefetch if workers else None,
                                 worker_init_fn=_quiet_worker if workers else None,
@@ -182,9 +180,9 @@ class AudioReader:
         """The torch threads a backbone should run on beside this reader, for the duration of the
         block. A reader thread computing features takes one of torch's threads (the count is
         lowered to one meanwhile, for the front ends the caller computes itself, and restored
-        after); worker processes take none of this process's."""
+        after); otherwise, torch's count."""
         threads = torch.get_num_threads()
-        if self.features is None or self._workers:
+        if self.features is None:
             yield threads
             return
         torch.set_num_threads(1)
