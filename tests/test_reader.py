@@ -65,8 +65,10 @@ def test_workers_embed_exactly_what_one_process_reads(mixed_clips: list[Path], m
     runner = mn04.inference_runner()
     assert isinstance(runner, RuntimeTower)  # the runtime extra is installed: the default CPU runner
     features = runner.log_mels if log_mels else None
+    threads = torch.get_num_threads()
     with AudioReader(mixed_clips, mn04.window_samples(10.0), workers=workers, features=features) as reader:
         parallel = embed_audio_files(mn04, mixed_clips, window_seconds=10.0, reader=reader)
+    assert torch.get_num_threads() == threads  # given back, though the reader thread set its own
     assert [type(out).__name__ for out in expected].count("AudioLoadError") == 2
     assert "no finite samples" in str(expected[5]) and "not an audio file" in str(expected[2])
     assert expected[4].tokens.shape[1] == 7 * expected[3].tokens.shape[1]  # seven windows of d.flac

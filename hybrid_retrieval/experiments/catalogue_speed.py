@@ -51,9 +51,13 @@ def make_mixed_clips(folder: Path, count: int, seed: int = 0) -> list[Path]:
 def measure_catalogue(variant: str, device: str, folder: str, count: int, window_seconds: float) -> dict:
     from hybrid_retrieval.audio.io import audio_windows
     from hybrid_retrieval.data.catalogue import load_catalogue
+    from hybrid_retrieval.experiments.embed_speed import fixed_allocator_thresholds
     from hybrid_retrieval.index import build_index, save_index
     from hybrid_retrieval.model import create_model
 
+    # As the embedding benchmark: each variant in its steady state (without it, the tower alone ran
+    # about a fifth slower in the second run of a process than in the fourth).
+    fixed_allocator_thresholds()
     model = create_model("mn04_minilm", pretrained=False).to(device).eval()  # speed only
     paths = make_mixed_clips(Path(folder), count)
     tower = model.audio_tower
