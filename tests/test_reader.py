@@ -76,6 +76,21 @@ def test_workers_embed_exactly_what_one_process_reads(mixed_clips: list[Path], m
         _same(a, b)
 
 
+def test_log_mels_from_a_reader_also_run_on_an_eager_runner(mixed_clips: list[Path], mn04) -> None:
+    """A reader's log-mels given to a runner in torch (here an inference copy: the runtime
+    setting changed after the reader was made) go through its backbone alone, and give what the
+    runtime gives to 1e-4 (the runtimes' parity bound)."""
+    usable = [mixed_clips[i] for i in (0, 1, 4)]
+    expected = embed_audio_files(mn04, usable, window_seconds=10.0)
+    features = mn04.inference_runner().log_mels
+    with AudioReader(usable, mn04.window_samples(10.0), workers=0, features=features) as reader:
+        eager = embed_audio_files(mn04, usable, window_seconds=10.0, runner=mn04.inference_copy(), reader=reader)
+    for a, b in zip(eager, expected):
+        assert a.tokens.shape == b.tokens.shape
+        torch.testing.assert_close(a.embedding, b.embedding, rtol=0, atol=1e-4)
+        torch.testing.assert_close(a.logits, b.logits, rtol=0, atol=1e-4)
+
+
 def test_a_reader_drops_files_not_asked_for_and_reads_the_others_on_the_spot(mixed_clips: list[Path], mn04) -> None:
     """Asked for a subset, in order, plus a file it never queued: each file's pieces are the ones
     `audio_windows` reads, and each file counts once."""

@@ -230,8 +230,9 @@ class _ReadAhead:
 
     def _run(self, parts: Iterator[tuple]) -> None:
         if self._features is not None:
-            # This thread's own torch thread count (each thread keeps its own): the front end on
-            # one, beside the caller's thread, which runs the backbone.
+            # The front end on one thread here, beside the caller's thread, which runs the
+            # backbone. torch keeps a count per thread once the thread has run a parallel op, so
+            # the caller's own count (set back when its block ends) does not change this one.
             torch.set_num_threads(1)
         exhausted = False
         while True:

@@ -261,7 +261,7 @@ class RuntimeTower:
 class LogMels:
     """A front end as reader features (`audio.reader.Features`): equal-length windows (n, samples)
     -> their log-mels, padded to the front end's minimum first (as `embed_windows` pads), in
-    inference mode (a reader thread is not in its caller's). Picklable, for reader processes."""
+    inference mode (a reader thread is not in its caller's)."""
 
     def __init__(self, frontend: nn.Module) -> None:
         self.frontend = frontend
