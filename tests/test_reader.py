@@ -3,6 +3,7 @@ process reads them (so the same outputs, bit for bit), bad files handed out as e
 turn, files the cache holds never read, and one progress count per file."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -58,8 +59,9 @@ def test_workers_embed_exactly_what_one_process_reads(mixed_clips: list[Path], m
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """Long files go out in parts (here of 2 windows: d.flac in 4 parts, the 25-s NaN file in 2,
     refused once its last part is read); the outputs equal those of the file-by-file reading of
-    `io.audio_windows` in this process, bit for bit; also when the readers compute the log-mels
-    and the tower runs its backbone alone on them."""
+    `io.audio_windows` in this process, bit for bit; also when the reader thread computes the
+    log-mels and the tower runs its backbone alone on them (reader processes hand out windows
+    either way)."""
     monkeypatch.setattr(audio_io, "WINDOWS_PER_READ", 2)
     expected = embed_audio_files(mn04, mixed_clips, window_seconds=10.0)
     runner = mn04.inference_runner()
@@ -214,11 +216,10 @@ def test_the_reader_thread_and_the_caller_share_the_features() -> None:
         first = next(reader)  # the thread waits on the source: the caller computes part 0
         assert computed == [(0, threading.current_thread().name)]
         release.set()
-        deadline = threading.Event()
         for _ in range(200):  # the thread reads parts 1-4 and the error, then computes 1-4 while they wait
             if len(computed) == 5:
                 break
-            deadline.wait(0.05)
+            time.sleep(0.05)
         rest = list(reader)
     finally:
         reader.close()

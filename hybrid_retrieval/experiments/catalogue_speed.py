@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from hybrid_retrieval.experiments.speed import _sync, mb, rss_mb, run_worker
+from hybrid_retrieval.experiments.speed import _sync, fixed_allocator_thresholds, mb, rss_mb, run_worker
 from hybrid_retrieval.report import markdown_table
 
 CATALOGUE_RATES = (16_000, 22_050, 32_000, 44_100, 48_000)
@@ -51,13 +51,10 @@ def make_mixed_clips(folder: Path, count: int, seed: int = 0) -> list[Path]:
 def measure_catalogue(variant: str, device: str, folder: str, count: int, window_seconds: float) -> dict:
     from hybrid_retrieval.audio.io import audio_windows
     from hybrid_retrieval.data.catalogue import load_catalogue
-    from hybrid_retrieval.experiments.embed_speed import fixed_allocator_thresholds
     from hybrid_retrieval.index import build_index, save_index
     from hybrid_retrieval.model import create_model
 
-    # As the embedding benchmark: each variant in its steady state (without it, the tower alone ran
-    # about a fifth slower in the second run of a process than in the fourth).
-    fixed_allocator_thresholds()
+    fixed_allocator_thresholds()  # each variant in its steady state, as in the embedding benchmark
     model = create_model("mn04_minilm", pretrained=False).to(device).eval()  # speed only
     paths = make_mixed_clips(Path(folder), count)
     tower = model.audio_tower

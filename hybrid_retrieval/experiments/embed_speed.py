@@ -10,7 +10,7 @@ same model folder with the same batch size and token limit.
 
 Every variant is timed once per round, the rounds interleaved, and each ratio is the median of
 the per-round ratios, so load from other processes on a shared machine hits both sides alike.
-The audio process fixes glibc's allocator thresholds first (`fixed_allocator_thresholds`), so
+The audio process fixes glibc's allocator thresholds first (`speed.fixed_allocator_thresholds`), so
 that no variant's speed depends on what ran before it.
 `bench.py --only embed,text` runs these (`experiments/speed.py`); the results are in BENCHMARKS.md.
 """
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import ctypes
 import importlib.util
 import io
 import os
@@ -31,7 +30,7 @@ import torch
 
 from hybrid_retrieval.audio.io import SAMPLE_RATE
 from hybrid_retrieval.errors import BadInputError, MissingDependencyError
-from hybrid_retrieval.experiments.speed import CLIP_SECONDS, _rate, rss_mb
+from hybrid_retrieval.experiments.speed import CLIP_SECONDS, _rate, fixed_allocator_thresholds, rss_mb
 from hybrid_retrieval.report import markdown_table
 
 N_CLIPS = 32  # clips per timed call of the batched variants
@@ -71,21 +70,6 @@ def load_original(repo: str | Path, width_mult: float, state: dict[str, torch.Te
         os.chdir(cwd)
     model.load_state_dict(state, strict=True)
     return mel.eval(), model.eval()
-
-
-def fixed_allocator_thresholds() -> None:
-    """glibc's malloc maps every block above a threshold afresh (its pages faulted in at each
-    call) and raises the threshold to the largest such block freed so far, so how fast a batch's
-    large tensors are allocated depends on what ran before in the process: the original's
-    batches of 4 ran at 27 to 100 clips/s across the rounds of one run. Thresholds fixed above
-    any block here give every variant its fast case in every round (the original gains most).
-    Only in the benchmark process; the library leaves the allocator alone."""
-    if not sys.platform.startswith("linux"):
-        return
-    libc = ctypes.CDLL(None)
-    m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
-    libc.mallopt(m_mmap_threshold, 256 << 20)
-    libc.mallopt(m_trim_threshold, 512 << 20)
 
 
 def _clips(n: int) -> list[torch.Tensor]:

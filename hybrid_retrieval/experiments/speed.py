@@ -37,8 +37,9 @@ sides alike. Results go to stdout and to --out (JSON and Markdown); every row na
    index writes) on generated clips of mixed lengths, rates and formats, with the audio read by
    0, 1 and 2 worker processes, beside the tower alone on the same clips decoded beforehand
    (`embed_windows` on the same pieces) and the reading alone; each with its CPU time per file,
-   and the ratio that the two CPU times allow at most. Each variant runs once to warm up (oneDNN
-   builds kernels per input shape) and is then timed; the ratios are medians of per-round ratios.
+   and the ratio that the two CPU times allow at most. Each variant runs in a process of its own
+   whose allocator thresholds are fixed first (`fixed_allocator_thresholds`), once to warm up
+   (oneDNN builds kernels per input shape), then timed; the ratios are medians of per-round ratios.
 6. coldstart (`catalogue_speed`): seconds of a text `hybrid-retrieval search` in a new process
    (median of `--cold-runs`), with the cached ONNX query encoder, on a first search (no cached
    encoder: the text tower is built and its export written), and for an index without a query
@@ -55,6 +56,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import importlib
 import json
 import os
@@ -102,6 +104,22 @@ def rss_mb() -> float:
 def _peak_rss_mb() -> float:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
+
+
+def fixed_allocator_thresholds() -> None:
+    """glibc's malloc maps every block above a threshold afresh (its pages faulted in at each
+    call) and raises the threshold to the largest such block freed so far, so how fast large
+    tensors are allocated depends on what ran before in the process: the original EfficientAT's
+    batches of 4 ran at 27 to 100 clips/s across the rounds of one run, and the tower alone ran a
+    fifth slower in its second run of a process than from its fourth on. Thresholds fixed above
+    any block here give every variant its steady state in every round. Only in benchmark
+    processes (the embedding and catalogue workers); the library leaves the allocator alone."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None)
+    m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
+    libc.mallopt(m_mmap_threshold, 256 << 20)
+    libc.mallopt(m_trim_threshold, 512 << 20)
 
 
 def _sync(device: str) -> None:
